@@ -1,0 +1,3 @@
+from vitdetect.cli import main
+
+main()

@@ -1,0 +1,113 @@
+"""Checkpoints: written atomically, read with `torch.load(weights_only=True)` only.
+
+A checkpoint is a plain dict of tensors and JSON-like values, so loading it can never run code:
+  format, format_version, kind ("best" or "last"), settings, preprocessing, model_config,
+  id2label, state_dict, epoch, metrics; "last" adds the optimizer, scheduler, scaler, RNG and
+  early-stopping state and the history so far, for `vitdetect train --resume`.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vitdetect.atomic import atomic_write, atomic_write_dir
+from vitdetect.errors import VitdetectError
+from vitdetect.transforms import Preprocessing
+
+FORMAT = "vitdetect"
+FORMAT_VERSION = 1
+BEST_NAME = "best_model.pth"
+LAST_NAME = "last.pth"
+PRETRAINED_DIR_NAME = "best_model"
+
+
+def model_payload(
+    model: torch.nn.Module, settings: dict[str, Any], prep: Preprocessing, epoch: int, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """What evaluate and predict need to rebuild the model and its preprocessing alone."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": "best",
+        "settings": settings,
+        "preprocessing": prep.to_dict(),
+        "model_config": json.loads(model.config.to_json_string(use_diff=False)),
+        "id2label": {int(k): v for k, v in model.config.id2label.items()},
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "epoch": epoch,
+        "metrics": metrics,
+    }
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def save_pretrained_dir(path: Path, model: torch.nn.Module, prep: Preprocessing) -> None:
+    """The model in save_pretrained form with its image processor, for plain `transformers` use."""
+    from transformers import ViTImageProcessor
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    processor = ViTImageProcessor(
+        size={"height": prep.image_size, "width": prep.image_size}, image_mean=list(prep.mean),
+        image_std=list(prep.std),
+    )
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+
+    atomic_write_dir(path, write)
+
+
+def load_checkpoint(path: Path, kind: str | None = None) -> dict[str, Any]:
+    """A vitdetect checkpoint's dict; one clear VitdetectError for every way it can be wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise VitdetectError(f"checkpoint not found: {path} (train one with `vitdetect train`)")
+    if path.is_dir():
+        raise VitdetectError(f"checkpoint path is a directory, not a file: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise VitdetectError(
+            f"refusing to load {path}: it holds pickled objects beyond weights and plain values, "
+            "which could run code; vitdetect only loads weights_only checkpoints"
+        ) from None
+    except Exception:  # noqa: BLE001 - truncated zip, random bytes, ...
+        raise VitdetectError(f"cannot read checkpoint {path}: the file is damaged or not a checkpoint") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise VitdetectError(f"not a vitdetect checkpoint: {path}")
+    if payload.get("format_version", 0) > FORMAT_VERSION:
+        raise VitdetectError(f"checkpoint {path} was written by a newer vitdetect; upgrade to read it")
+    if kind is not None and payload.get("kind") != kind:
+        raise VitdetectError(f"{path} is a '{payload.get('kind')}' checkpoint; expected a '{kind}' one")
+    return payload
+
+
+def rng_state() -> dict[str, Any]:
+    """The Python, NumPy and torch RNG states as weights_only-loadable values."""
+    np_state = np.random.get_state(legacy=True)
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

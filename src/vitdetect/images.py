@@ -1,0 +1,69 @@
+"""Turning any image file into an RGB uint8 array: the single decoder for train, evaluate and predict."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
+
+# Truncated files must fail, not decode half-grey.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageDecodeError(Exception):
+    """The file is not an image we can safely decode; the message says why in a few words."""
+
+
+def is_image_path(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """RGB from any mode: alpha composited on white, 16-bit scaled to 8-bit, CMYK/palette/grey converted."""
+    if image.mode in {"I;16", "I;16B", "I;16L", "I"}:
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in {"RGBA", "LA", "PA"}:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_rgb(source: str | Path | bytes, size: int | None = None) -> np.ndarray:
+    """Decode one image (path or bytes) to an HxWx3 uint8 array, resized to size x size when given.
+
+    EXIF orientation is applied, GIFs give their first frame, and images over Pillow's
+    decompression-bomb limit are refused rather than decoded.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            opened = io.BytesIO(source) if isinstance(source, bytes) else source
+            with Image.open(opened) as image:
+                image.seek(0)
+                image.load()
+                image = ImageOps.exif_transpose(image) or image
+                rgb = _to_rgb(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageDecodeError("image too large to decode safely (decompression-bomb limit)") from None
+    except FileNotFoundError:
+        raise ImageDecodeError("file not found") from None
+    except IsADirectoryError:
+        raise ImageDecodeError("is a directory") from None
+    except Image.UnidentifiedImageError:
+        raise ImageDecodeError("not an image (or an unsupported format)") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageDecodeError(f"cannot decode image: {detail}") from None
+    if size is not None and rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)

@@ -1,0 +1,159 @@
+"""Every setting, its default and its validation, in one place.
+
+Config flows one way: CLI flags and an optional config file -> these pydantic models -> the core.
+This module must stay cheap to import (no torch), so that `vitdetect --help` is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vitdetect.errors import UsageError
+
+DEFAULT_MODEL = "google/vit-base-patch16-224"
+SCRATCH_PREFIX = "scratch:"
+# A randomly initialised backbone is useless frozen: scratch presets train everything, with the
+# usual from-scratch ViT recipe. Applied only to the keys a user did not set.
+SCRATCH_RECIPE = {"train_mode": "full", "lr": 1e-3, "weight_decay": 0.05, "schedule": "cosine",
+                  "warmup_ratio": 0.1}
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "vitdetect"
+
+
+class TrainMode(str, Enum):
+    head = "head"
+    full = "full"
+    last_blocks = "last-blocks"
+
+
+class MixedPrecision(str, Enum):
+    auto = "auto"
+    no = "no"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class Schedule(str, Enum):
+    constant = "constant"
+    cosine = "cosine"
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=True, validate_default=True)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return json.loads(self.model_dump_json())
+
+
+class TrainSettings(_Settings):
+    """`vitdetect train`. Defaults are the reference recipe: frozen backbone, head only."""
+
+    data_dir: Path = Field(Path("data/cifake"), description="CIFAKE root holding train/{REAL,FAKE}.")
+    output_dir: Path = Field(Path("results"), description="Where checkpoints, history and figures go.")
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="Hub id, local save_pretrained directory, or scratch preset (e.g. scratch:vit-tiny-32; "
+        "presets default to full training, lr 1e-3, weight decay 0.05, cosine schedule, 10% warmup).",
+    )
+    train_mode: TrainMode = Field(
+        TrainMode.head, description="head: backbone frozen; full: everything; last-blocks: last K blocks + head."
+    )
+    last_blocks: int = Field(2, ge=1, description="K for --train-mode last-blocks.")
+    epochs: int = Field(2, ge=1, description="Maximum number of epochs.")
+    batch_size: int = Field(128, ge=1, description="Images per batch and per process.")
+    lr: float = Field(2e-5, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not on biases and LayerNorm).")
+    schedule: Schedule = Field(Schedule.constant, description="Learning-rate schedule.")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps spent warming up (cosine).")
+    grad_clip: float = Field(1.0, ge=0, description="Gradient-norm clipping; 0 turns it off.")
+    patience: int = Field(5, ge=1, description="Early stopping: epochs without a better validation loss.")
+    val_fraction: float = Field(0.2, gt=0, lt=1, description="Share of train held out for validation.")
+    seed: int = Field(42, ge=0, description="Seed for the split, initialisation, shuffling, augmentation.")
+    augment: bool = Field(True, description="Random flip, rotation and colour jitter on training images.")
+    rotation_degrees: float = Field(10.0, ge=0, le=180, description="RandomRotation range, in degrees.")
+    feature_cache: bool = Field(
+        True, description="Head-only mode: run the frozen backbone once per image view, then train the head."
+    )
+    feature_views: int = Field(
+        2, ge=1, description="Augmented views per training image computed once for the feature cache."
+    )
+    mixed_precision: MixedPrecision = Field(
+        MixedPrecision.auto, description="auto: bf16 on GPUs that support it, else fp16 on GPU, none on CPU."
+    )
+    compile: bool = Field(False, description="torch.compile the model.")
+    cpu: bool = Field(False, description="Train on the CPU even when a GPU is available.")
+    num_workers: int = Field(0, ge=0, description="DataLoader workers (batches are gathered from memory).")
+    log_every: int = Field(10, ge=1, description="Record batch-wise loss and accuracy every N batches.")
+    max_images: int | None = Field(
+        None, ge=2, description="Use at most N training images (stratified sample), for quick runs."
+    )
+    cache_dir: Path = Field(default_factory=default_cache_dir, description="Decoded-image cache.")
+    quiet: bool = Field(False, description="Print only errors and the final summary.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scratch_recipe(cls, values: Any) -> Any:
+        if isinstance(values, dict) and str(values.get("model", "")).startswith(SCRATCH_PREFIX):
+            return {**SCRATCH_RECIPE, **values}
+        return values
+
+
+S = TypeVar("S", bound=_Settings)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Keys of a TOML or YAML file, with dashes read as underscores (`batch-size` = `batch_size`)."""
+    if not path.is_file():
+        raise UsageError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data = tomllib.loads(text)
+        elif path.suffix.lower() in {".yaml", ".yml"}:
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            raise UsageError(f"config file must be .toml, .yaml or .yml: {path}")
+    except UsageError:
+        raise
+    except Exception as exc:  # the parsers raise their own error types
+        raise UsageError(f"cannot parse config file {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path} must hold a table of settings")
+    return {str(key).replace("-", "_"): value for key, value in data.items()}
+
+
+def build_settings(cls: type[S], config_file: Path | None = None, **flags: Any) -> S:
+    """Settings from the config file, overridden by the flags that were given (not None)."""
+    values = read_config_file(config_file) if config_file else {}
+    values.update({key: value for key, value in flags.items() if value is not None})
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        raise UsageError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming the first bad setting the way a user types it on the command line."""
+    error = exc.errors()[0]
+    name = ".".join(str(part) for part in error["loc"]) or "settings"
+    flag = "--" + name.replace("_", "-")
+    if error["type"] == "extra_forbidden":
+        return f"unknown setting '{name}'"
+    message = error["msg"].removeprefix("Value error, ")
+    got = f" (got {error['input']!r})" if "input" in error and not isinstance(error["input"], dict) else ""
+    return f"invalid value for {flag}: {message}{got}"

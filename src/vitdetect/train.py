@@ -1,0 +1,470 @@
+"""The training loop, readable top to bottom: `train(settings)` is all of it.
+
+One loop on Accelerate runs unchanged on the CPU, one GPU, MPS, or several processes under
+`accelerate launch` / `torchrun`. Head-only training with the feature cache runs the frozen
+backbone once per image view and then trains the classifier on the stored features.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vitdetect.atomic import atomic_write_text
+from vitdetect.checkpoint import (
+    BEST_NAME,
+    LAST_NAME,
+    PRETRAINED_DIR_NAME,
+    load_checkpoint,
+    model_payload,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+    save_pretrained_dir,
+)
+from vitdetect.data import ImageSet, TensorBatches, keep_batch, load_split, stratified_sample, stratified_split
+from vitdetect.data import write_skipped
+from vitdetect.errors import UsageError, VitdetectError
+from vitdetect.metrics import epoch_metrics
+from vitdetect.model import load_model, model_from_config, set_trainable
+from vitdetect.progress import Reporter
+from vitdetect.settings import TrainMode, TrainSettings
+from vitdetect.transforms import Preprocessing, build_augmentation, to_model_input
+
+EPOCH_HISTORY_NAME = "history.csv"
+BATCH_HISTORY_NAME = "batch_history.csv"
+CONFIG_NAME = "config.json"
+# Settings a resumed run may change: none of them alters what the finished run means.
+RESUMABLE_CHANGES = frozenset({"epochs", "quiet", "num_workers", "cache_dir"})
+
+
+@dataclass
+class TrainState:
+    """Everything that changes from epoch to epoch; saved in last.pth."""
+
+    epoch: int = 0  # the last completed epoch
+    best_val_loss: float = math.inf
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    batches: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    state: TrainState
+    trainable: int
+    total: int
+    stopped_early: bool
+    seconds: float
+
+    @property
+    def best(self) -> dict[str, float]:
+        return next(row for row in self.state.epochs if row["epoch"] == self.state.best_epoch)
+
+
+class Interrupted(VitdetectError):
+    """Ctrl-C or SIGTERM during training; exit code 128 + signal number, as shells expect."""
+
+
+def train(settings: TrainSettings, reporter: Reporter | None = None, resume: Path | None = None) -> TrainResult:
+    from accelerate.utils import set_seed
+
+    started = time.perf_counter()
+    accelerator = make_accelerator(settings)
+    reporter = reporter or Reporter(settings.quiet, enabled=accelerator.is_main_process)
+    output_dir = settings.output_dir
+    if accelerator.is_main_process:
+        prepare_output_dir(output_dir)
+
+    resumed = load_checkpoint(resume, kind="last") if resume else None
+    set_seed(settings.seed)
+    if resumed:
+        model = model_from_config(resumed["model_config"], resumed["state_dict"])
+        mean, std = resumed["preprocessing"]["mean"], resumed["preprocessing"]["std"]
+    else:
+        model, (mean, std) = load_model(settings.model)
+    trainable, total = set_trainable(model, settings.train_mode, settings.last_blocks)
+    reporter.info(f"model {settings.model}: trainable parameters {trainable:,} of {total:,}")
+
+    with accelerator.main_process_first():
+        images = load_training_images(settings, reporter)
+    prep = Preprocessing(model.config.image_size, int(images.images.shape[-1]), tuple(mean), tuple(std))
+    train_idx, val_idx = stratified_split(images.labels, settings.val_fraction, settings.seed)
+    if settings.max_images:
+        train_idx = train_idx[stratified_sample(images.labels[train_idx], settings.max_images, settings.seed)]
+    train_set, val_set = images.subset(train_idx), images.subset(val_idx)
+    reporter.info(
+        f"data {settings.data_dir}: {len(train_set):,} train / {len(val_set):,} validation images "
+        f"at {prep.storage_size}x{prep.storage_size}, model input {prep.image_size}x{prep.image_size}; "
+        f"{accelerator.num_processes} process(es) x batch {settings.batch_size} = "
+        f"{accelerator.num_processes * settings.batch_size} images per step on {accelerator.device}"
+    )
+    if accelerator.is_main_process:
+        write_config(output_dir, settings, prep, trainable, total, accelerator.num_processes)
+
+    model.to(accelerator.device)
+    augmentation = build_augmentation(settings.rotation_degrees) if settings.augment else None
+    use_features = settings.train_mode == TrainMode.head and settings.feature_cache
+    if use_features:
+        views = settings.feature_views if augmentation is not None else 1
+        train_inputs = extract_features(model, train_set.images, prep, augmentation, views, settings, accelerator,
+                                        reporter, "features (train)")
+        val_inputs = extract_features(model, val_set.images, prep, None, 1, settings, accelerator, reporter,
+                                      "features (validation)")
+        trained_module: torch.nn.Module = model.classifier
+    else:
+        train_inputs, val_inputs = train_set.images, val_set.images
+        trained_module = model
+    if settings.compile:
+        trained_module = torch.compile(trained_module)
+
+    train_loader = make_loader(train_inputs, train_set.labels, settings, accelerator, shuffle=True)
+    val_loader = make_loader(val_inputs, val_set.labels, settings, accelerator, shuffle=False)
+    optimizer = make_optimizer(trained_module, settings)
+    scheduler = make_scheduler(optimizer, settings, steps_per_epoch=math.ceil(len(train_loader)))
+    trained_module, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(
+        trained_module, optimizer, train_loader, val_loader, scheduler
+    )
+
+    state = TrainState()
+    if resumed:
+        state = restore_training(resumed, optimizer, scheduler, accelerator)
+        reporter.info(f"resuming after epoch {state.epoch} from {resume}")
+
+    def forward(inputs: torch.Tensor, training: bool, epoch: int) -> torch.Tensor:
+        if use_features:
+            features = inputs[:, (epoch - 1) % inputs.shape[1]] if inputs.ndim == 3 else inputs
+            return trained_module(features)
+        pixels = to_model_input(inputs, prep, augmentation if training else None)
+        return trained_module(pixel_values=pixels).logits
+
+    stopped_early = False
+    with reporter.bars(), interruption_guard() as interrupted, reporter.task(
+        "epochs", settings.epochs, unit="epoch", transient=True
+    ) as epoch_bar:
+        epoch_bar.advance(state.epoch)
+        for epoch in range(state.epoch + 1, settings.epochs + 1):
+            set_seed(settings.seed + epoch, device_specific=True)
+            train_loader.set_epoch(epoch)
+            epoch_started = time.perf_counter()
+            trained_module.train()
+            if settings.train_mode == TrainMode.head and not use_features:
+                model.vit.eval()  # a frozen backbone stays in inference mode (dropout off)
+            train_metrics = run_epoch(
+                lambda x: forward(x, True, epoch), train_loader, accelerator, reporter, settings, epoch,
+                interrupted, optimizer=optimizer, scheduler=scheduler, batch_log=state.batches,
+                params=trained_module.parameters,
+            )
+            trained_module.eval()
+            with torch.inference_mode():
+                val_metrics = run_epoch(lambda x: forward(x, False, epoch), val_loader, accelerator, reporter,
+                                        settings, epoch, interrupted)
+            seconds = time.perf_counter() - epoch_started
+            state.epochs.append(
+                {"epoch": epoch, **{f"train_{k}": v for k, v in train_metrics.items()},
+                 **{f"val_{k}": v for k, v in val_metrics.items()},
+                 "lr": scheduler.get_last_lr()[0], "seconds": seconds}
+            )
+            state.epoch = epoch
+            if val_metrics["loss"] < state.best_val_loss:
+                state.best_val_loss, state.best_epoch, state.bad_epochs = val_metrics["loss"], epoch, 0
+                if accelerator.is_main_process:
+                    save_best(output_dir, model, settings, prep, epoch, val_metrics)
+            else:
+                state.bad_epochs += 1
+            if accelerator.is_main_process:
+                save_last(output_dir, model, settings, prep, state, optimizer, scheduler, accelerator)
+                write_history(output_dir, state)
+            accelerator.wait_for_everyone()
+            epoch_bar.advance(1, val_loss=val_metrics["loss"], val_acc=val_metrics["accuracy"])
+            reporter.info(epoch_line(state.epochs[-1], settings.epochs))
+            if state.bad_epochs >= settings.patience:
+                stopped_early = True
+                reporter.info(f"early stopping: no better validation loss for {settings.patience} epochs")
+                break
+    return TrainResult(output_dir, state, trainable, total, stopped_early, time.perf_counter() - started)
+
+
+def make_accelerator(settings: TrainSettings):
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    precision = settings.mixed_precision
+    if precision == "auto":
+        precision = "no"
+        if torch.cuda.is_available() and not settings.cpu:
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return Accelerator(
+        cpu=settings.cpu,
+        mixed_precision=precision,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
+    )
+
+
+def prepare_output_dir(output_dir: Path) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise VitdetectError(f"cannot write to output dir {output_dir}: {exc.strerror or exc}") from None
+
+
+def load_training_images(settings: TrainSettings, reporter: Reporter) -> ImageSet:
+    """The decoded train split; decode failures are skipped, counted and listed in a file."""
+    total = {"n": 0}
+    with reporter.task("decoding images", 0, transient=True) as bar:
+        def on_total(n: int) -> None:
+            total["n"] = bar.total = n
+            if bar._rich_id is not None and reporter._progress is not None:
+                reporter._progress.update(bar._rich_id, total=n)
+
+        images = load_split(settings.data_dir, "train", None, settings.cache_dir, bar.advance, on_total)
+    if images.ignored:
+        reporter.info(f"ignored {images.ignored} non-image file(s) in {settings.data_dir}")
+    listed = write_skipped(images, settings.output_dir) if reporter.enabled else None
+    if images.skipped:
+        where = f"; list in {listed}" if listed else ""
+        reporter.warn(f"skipped {len(images.skipped)} image(s) that failed to decode{where}")
+    return images
+
+
+def extract_features(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    prep: Preprocessing,
+    augmentation: torch.nn.Module | None,
+    views: int,
+    settings: TrainSettings,
+    accelerator,
+    reporter: Reporter,
+    description: str,
+) -> torch.Tensor:
+    """The frozen backbone's [CLS] features of every image, once per view: N x D, or N x V x D.
+
+    Processes each compute their shard and the shards are gathered, so every process ends up
+    with all features in image order.
+    """
+    indices = torch.arange(len(images))
+    loader = accelerator.prepare_data_loader(
+        torch.utils.data.DataLoader(TensorBatches(images, indices), batch_size=settings.batch_size,
+                                    collate_fn=keep_batch, pin_memory=accelerator.device.type == "cuda")
+    )
+    hidden = model.config.hidden_size
+    features = torch.empty(len(images), views, hidden, device=accelerator.device)
+    model.eval()
+    with torch.inference_mode(), reporter.task(description, len(images) * views, transient=True) as bar:
+        for view in range(views):
+            for batch, index in loader:
+                pixels = to_model_input(batch, prep, augmentation)
+                with accelerator.autocast():
+                    cls = model.vit(pixel_values=pixels).last_hidden_state[:, 0]
+                cls, index = accelerator.gather_for_metrics((cls.float(), index))
+                features[index, view] = cls
+                bar.advance(len(index))
+    return features if views > 1 else features[:, 0]
+
+
+def make_loader(inputs: torch.Tensor, labels: torch.Tensor, settings: TrainSettings, accelerator, shuffle: bool):
+    generator = torch.Generator().manual_seed(settings.seed)
+    on_cpu = inputs.device.type == "cpu"
+    return torch.utils.data.DataLoader(
+        TensorBatches(inputs, labels.to(inputs.device)),
+        batch_size=settings.batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        collate_fn=keep_batch,
+        num_workers=settings.num_workers if on_cpu else 0,
+        persistent_workers=settings.num_workers > 0 and on_cpu,
+        pin_memory=on_cpu and accelerator.device.type == "cuda",
+    )
+
+
+def make_optimizer(module: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
+    """AdamW with no weight decay on biases and LayerNorm weights (the 1-D parameters)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": settings.weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.lr)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings, steps_per_epoch: int):
+    if settings.schedule == "cosine":
+        from transformers import get_cosine_schedule_with_warmup
+
+        steps = settings.epochs * steps_per_epoch
+        return get_cosine_schedule_with_warmup(optimizer, int(settings.warmup_ratio * steps), steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def run_epoch(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    loader,
+    accelerator,
+    reporter: Reporter,
+    settings: TrainSettings,
+    epoch: int,
+    interrupted: Callable[[], int],
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler=None,
+    batch_log: list[dict[str, float]] | None = None,
+    params: Callable[[], Iterator[torch.nn.Parameter]] | None = None,
+) -> dict[str, float]:
+    """One pass over loader; trains when an optimizer is given. Metrics over all processes' samples."""
+    training = optimizer is not None
+    losses, predictions, labels = [], [], []
+    name = "train" if training else "validate"
+    with reporter.task(f"epoch {epoch} {name}", len(loader.dataset), transient=True) as bar:
+        for step, (inputs, targets) in enumerate(loader, start=1):
+            if signum := interrupted():
+                raise Interrupted(interruption_message(signum, epoch, settings.output_dir), 128 + signum)
+            with accelerator.autocast():
+                logits = forward(inputs)
+            sample_losses = F.cross_entropy(logits.float(), targets, reduction="none")
+            if training:
+                accelerator.backward(sample_losses.mean())
+                if settings.grad_clip > 0:
+                    accelerator.clip_grad_norm_(params(), settings.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            gathered = accelerator.gather_for_metrics((sample_losses.detach(), logits.argmax(-1), targets))
+            if not torch.isfinite(gathered[0]).all():
+                raise VitdetectError(
+                    f"non-finite loss at epoch {epoch}, batch {step} ({name}); stopped, the last good "
+                    f"checkpoints in {settings.output_dir} are kept (try a lower --lr)"
+                )
+            for store, values in zip((losses, predictions, labels), gathered, strict=True):
+                store.append(values.cpu())
+            batch_loss = gathered[0].mean().item()
+            batch_acc = (gathered[1] == gathered[2]).float().mean().item()
+            if batch_log is not None and (step % settings.log_every == 0 or step == 1):
+                batch_log.append({"epoch": epoch, "step": step, "loss": batch_loss, "accuracy": batch_acc})
+            bar.advance(len(gathered[0]), loss=batch_loss, acc=batch_acc)
+    return epoch_metrics(*(torch.cat(store).numpy() for store in (labels, predictions, losses)))
+
+
+@contextmanager
+def interruption_guard() -> Iterator[Callable[[], int]]:
+    """Turn SIGINT/SIGTERM into a flag the loop checks between batches (0 while none came)."""
+    received = {"signum": 0}
+
+    def handler(signum, _frame) -> None:
+        received["signum"] = signum
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[signum] = signal.signal(signum, handler)
+        except ValueError:  # not the main thread: signals stay with the caller
+            pass
+    try:
+        yield lambda: received["signum"]
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def interruption_message(signum: int, epoch: int, output_dir: Path) -> str:
+    last = output_dir / LAST_NAME
+    if epoch > 1:
+        return (f"interrupted during epoch {epoch}; epoch {epoch - 1} is saved in {last}. "
+                f"Resume with: vitdetect train --resume {last}")
+    return f"interrupted during epoch 1, before any epoch completed: nothing to resume, start again"
+
+
+def save_best(output_dir: Path, model, settings, prep, epoch: int, metrics: dict[str, float]) -> None:
+    save_checkpoint(output_dir / BEST_NAME, model_payload(model, settings.to_json_dict(), prep, epoch, metrics))
+    save_pretrained_dir(output_dir / PRETRAINED_DIR_NAME, model, prep)
+
+
+def save_last(output_dir: Path, model, settings, prep, state: TrainState, optimizer, scheduler, accelerator):
+    payload = model_payload(model, settings.to_json_dict(), prep, state.epoch, state.epochs[-1])
+    payload.update(
+        kind="last",
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        scaler=accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+        rng=rng_state(),
+        train_state={"epoch": state.epoch, "best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch,
+                     "bad_epochs": state.bad_epochs},
+        history={"epochs": state.epochs, "batches": state.batches},
+    )
+    save_checkpoint(output_dir / LAST_NAME, payload)
+
+
+def restore_training(resumed: dict[str, Any], optimizer, scheduler, accelerator) -> TrainState:
+    optimizer.load_state_dict(resumed["optimizer"])
+    scheduler.load_state_dict(resumed["scheduler"])
+    if accelerator.scaler is not None and resumed.get("scaler"):
+        accelerator.scaler.load_state_dict(resumed["scaler"])
+    restore_rng_state(resumed["rng"])
+    saved = resumed["train_state"]
+    history = resumed["history"]
+    return TrainState(saved["epoch"], saved["best_val_loss"], saved["best_epoch"], saved["bad_epochs"],
+                      list(history["epochs"]), list(history["batches"]))
+
+
+def resume_settings(checkpoint: Path, flags: dict[str, Any]) -> TrainSettings:
+    """The settings saved in last.pth, with the given flags applied where they keep the run's meaning."""
+    saved = load_checkpoint(checkpoint, kind="last")["settings"]
+    base = TrainSettings(**saved)
+    changed = {k: v for k, v in flags.items() if v is not None and TrainSettings(**{**saved, k: v}) != base}
+    refused = sorted(set(changed) - RESUMABLE_CHANGES)
+    if refused:
+        names = ", ".join("--" + name.replace("_", "-") for name in refused)
+        raise UsageError(f"cannot change {names} when resuming (the run would mean something else); "
+                         f"only --epochs and output options may change")
+    return TrainSettings(**{**saved, **changed})
+
+
+def write_config(output_dir: Path, settings: TrainSettings, prep: Preprocessing, trainable: int, total: int,
+                 processes: int) -> None:
+    resolved = {
+        "settings": settings.to_json_dict(),
+        "preprocessing": prep.to_dict(),
+        "parameters": {"trainable": trainable, "total": total},
+        "processes": processes,
+        "images_per_step": processes * settings.batch_size,
+    }
+    atomic_write_text(output_dir / CONFIG_NAME, json.dumps(resolved, indent=2) + "\n")
+
+
+def write_history(output_dir: Path, state: TrainState) -> None:
+    atomic_write_text(output_dir / EPOCH_HISTORY_NAME, rows_to_csv(state.epochs))
+    atomic_write_text(output_dir / BATCH_HISTORY_NAME, rows_to_csv(state.batches))
+
+
+def rows_to_csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def epoch_line(row: dict[str, float], epochs: int) -> str:
+    return (
+        f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
+        f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} f1 {row['val_f1']:.4f} "
+        f"({row['seconds']:.1f}s)"
+    )
