@@ -84,7 +84,8 @@ class TrainSettings(_Settings):
         True, description="Head-only mode: run the frozen backbone once per image view, then train the head."
     )
     feature_views: int = Field(
-        2, ge=1, description="Augmented views per training image computed once for the feature cache."
+        1, ge=1, description="Feature cache: augmented views per training image, computed once; epoch e "
+        "uses view e mod V. More views, more augmentation diversity, V times the one-time backbone cost."
     )
     mixed_precision: MixedPrecision = Field(
         MixedPrecision.auto, description="auto: bf16 on GPUs that support it, else fp16 on GPU, none on CPU."
