@@ -22,7 +22,20 @@ try:  # typer >= 0.20 ships its own copy of click
 except ImportError:
     from click.exceptions import ClickException, NoArgsIsHelpError
 from vitdetect.errors import VitdetectError
-from vitdetect.settings import MixedPrecision, Schedule, TrainMode, TrainSettings, build_settings
+from vitdetect.settings import (
+    DownloadSettings,
+    EvaluateSettings,
+    FigureFormat,
+    MixedPrecision,
+    OutputFormat,
+    PlotSettings,
+    PredictSettings,
+    Schedule,
+    Source,
+    TrainMode,
+    TrainSettings,
+    build_settings,
+)
 
 app = typer.Typer(
     name="vitdetect",
@@ -58,7 +71,7 @@ def described(settings: type, name: str, *flags: str, **kwargs: Any) -> Any:
     info = settings.model_fields[name]
     default = info.default if info.default_factory is None else info.default_factory()
     shown = getattr(default, "value", default)
-    return typer.Option(None, *flags, help=f"{info.description} [default: {shown}]", show_default=False, **kwargs)
+    return typer.Option(None, *flags, help=f"{info.description} (default: {shown})", show_default=False, **kwargs)
 
 
 def version_callback(value: bool) -> None:
@@ -111,13 +124,160 @@ def train(
     """Fine-tune the ViT on DATA_DIR/train (80/20 stratified train/validation split)."""
     flags = {k: v for k, v in locals().items() if k not in {"config", "resume"}}
     from vitdetect import train as training
+    from vitdetect.distributed import is_main_process
 
     if resume is not None:
         settings = training.resume_settings(resume, flags)
     else:
         settings = build_settings(TrainSettings, config, **flags)
     result = training.train(settings, resume=resume)
-    print_train_summary(result)
+    if is_main_process():  # under torchrun / accelerate launch, one summary, not one per process
+        print_train_summary(result)
+
+
+@app.command()
+@user_errors
+def predict(
+    paths: list[str] = typer.Argument(None, show_default=False,
+                                      help="Image files, folders and glob patterns (quoted: 'shots/*.png')."),
+    checkpoint: Path = described(PredictSettings, "checkpoint", "--checkpoint"),
+    threshold: float = described(PredictSettings, "threshold", "--threshold"),
+    format: OutputFormat = described(PredictSettings, "format", "--format"),
+    output: Path = described(PredictSettings, "output", "--output", "-o"),
+    batch_size: int = described(PredictSettings, "batch_size", "--batch-size", "--batch_size"),
+    recursive: bool = described(PredictSettings, "recursive", "--recursive/--no-recursive", "-r"),
+    cpu: bool = described(PredictSettings, "cpu", "--cpu/--no-cpu"),
+    quiet: bool = described(PredictSettings, "quiet", "--quiet/--no-quiet", "-q"),
+) -> None:
+    """Judge images: REAL or FAKE with P(FAKE). Exit code 0: all judged, 1: some unreadable, 2: bad usage."""
+    flags = {k: v for k, v in locals().items() if k != "paths"}
+    from vitdetect import predict as predicting
+
+    settings = build_settings(PredictSettings, None, **flags)
+    result = predicting.run(settings, paths or [])
+    if result.main_process:
+        if settings.format == OutputFormat.table:
+            stdout.print(predicting.results_table(result.results, result.threshold))
+        else:
+            typer.echo(predicting.render(result.results, settings.format), nl=False)
+    if result.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def evaluate(
+    checkpoint: Path = described(EvaluateSettings, "checkpoint", "--checkpoint"),
+    data_dir: Path = described(EvaluateSettings, "data_dir", "--data-dir", "--data_dir"),
+    split: str = described(EvaluateSettings, "split", "--split"),
+    output_dir: Path = described(EvaluateSettings, "output_dir", "--output-dir", "--output_dir"),
+    batch_size: int = described(EvaluateSettings, "batch_size", "--batch-size", "--batch_size"),
+    set_threshold_at_fpr: float = described(EvaluateSettings, "set_threshold_at_fpr",
+                                            "--set-threshold-at-fpr"),
+    format: FigureFormat = described(EvaluateSettings, "format", "--format"),
+    cpu: bool = described(EvaluateSettings, "cpu", "--cpu/--no-cpu"),
+    cache_dir: Path = described(EvaluateSettings, "cache_dir", "--cache-dir"),
+    quiet: bool = described(EvaluateSettings, "quiet", "--quiet/--no-quiet", "-q"),
+) -> None:
+    """Score DATA_DIR/SPLIT with a checkpoint: metrics.json, predictions.csv and figures (FAKE = positive)."""
+    settings = build_settings(EvaluateSettings, None, **locals())
+    from vitdetect.distributed import is_main_process
+    from vitdetect.evaluate import evaluate as run_evaluation
+
+    result = run_evaluation(settings)
+    if is_main_process():
+        print_evaluation_summary(result)
+
+
+@app.command()
+@user_errors
+def plot(
+    results_dir: Path = described(PlotSettings, "results_dir", "--results-dir", "--results_dir"),
+    format: FigureFormat = described(PlotSettings, "format", "--format"),
+) -> None:
+    """Rebuild every figure from the saved history, metrics.json and predictions.csv (no model, no torch)."""
+    settings = build_settings(PlotSettings, None, **locals())
+    from vitdetect.plots import all_figures
+
+    result = all_figures(settings.results_dir, settings.format)
+    for note in result.skipped:
+        typer.echo(f"note: {note}", err=True)
+    for path in result.written:
+        stdout.print(f"wrote {path}")
+
+
+def print_evaluation_summary(result) -> None:
+    metrics = result.metrics
+    shown = lambda value: "n/a" if value is None else f"{value:.4f}"  # noqa: E731 - null: undefined
+    table = Table(title=f"evaluation: {metrics['split']} split, {metrics['n_images']:,} images "
+                  f"(positive class {metrics['positive_class']})", show_header=False)
+    table.add_row("threshold", f"P(FAKE) >= {metrics['threshold']:.4g} is FAKE")
+    for key in ("accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "log_loss", "brier_score", "ece"):
+        table.add_row(key.replace("_", " "), shown(metrics[key]))
+    for target, point in metrics["tpr_at_fpr"].items():
+        table.add_row(f"TPR at FPR <= {float(target):.0%}", "n/a" if point is None else
+                      f"{point['tpr']:.4f} (threshold {point['threshold']:.4g}, FPR {point['fpr']:.4f})")
+    table.add_row("wall time", f"{result.seconds:.1f} s ({result.images_per_second:,.0f} images/s scoring)")
+    table.add_row("results", str(result.output_dir))
+    stdout.print(table)
+    per_class = Table(title="per class")
+    for column in ("class", "precision", "recall", "f1", "support", "predicted REAL", "predicted FAKE"):
+        per_class.add_column(column, justify="left" if column == "class" else "right")
+    for name, row in zip(metrics["class_names"], metrics["confusion_matrix"], strict=True):
+        scores = metrics["per_class"][name]
+        per_class.add_row(f"true {name}", *(shown(scores[k]) for k in ("precision", "recall", "f1")),
+                          f"{scores['support']:,}", *(f"{count:,}" for count in row))
+    stdout.print(per_class)
+    if result.stored_threshold:
+        stored = result.stored_threshold
+        stdout.print(f"stored threshold {stored['threshold']:.6g} in {metrics['checkpoint']} "
+                     f"(FPR {stored['fpr']:.4f}, TPR {stored['tpr']:.4f} on this split; the metrics above "
+                     "use it, so they are optimistic)")
+
+
+@app.command()
+@user_errors
+def download(
+    dest: Path = described(DownloadSettings, "dest", "--dest"),
+    source: Source = described(DownloadSettings, "source", "--source"),
+    from_zip: Path = described(DownloadSettings, "from_zip", "--from-zip"),
+    kaggle_dataset: str = described(DownloadSettings, "kaggle_dataset", "--kaggle-dataset"),
+    hf_repo: str = described(DownloadSettings, "hf_repo", "--hf-repo"),
+    expect_counts: str = described(DownloadSettings, "expect_counts", "--expect-counts"),
+    max_unpacked_gb: float = described(DownloadSettings, "max_unpacked_gb", "--max-unpacked-gb"),
+    force: bool = described(DownloadSettings, "force", "--force/--no-force"),
+    verify_only: bool = described(DownloadSettings, "verify_only", "--verify-only/--no-verify-only"),
+    quiet: bool = described(DownloadSettings, "quiet", "--quiet/--no-quiet", "-q"),
+) -> None:
+    """Get CIFAKE into DEST/{train,test}/{REAL,FAKE}: download it, or import the Kaggle zip; verified."""
+    settings = build_settings(DownloadSettings, None, **locals())
+    from vitdetect import download as downloading
+    from vitdetect.progress import Reporter
+
+    reporter = Reporter(quiet=settings.quiet)
+    if settings.verify_only:
+        diff = downloading.verify(settings, reporter)
+        print_manifest_diff(diff, settings.dest)
+        if not diff.clean:
+            raise VitdetectError(f"{settings.dest} differs from its manifest: {len(diff.missing)} missing, "
+                                 f"{len(diff.extra)} extra, {len(diff.changed)} changed; run `vitdetect "
+                                 "download --force` to fetch it again")
+        return
+    result = downloading.download(settings, reporter)
+    stdout.print(f"CIFAKE {result.action} at {result.dest}: {downloading.describe_counts(result.counts)}")
+    if result.ignored:
+        stdout.print(f"left out {result.ignored:,} files outside train/{{REAL,FAKE}} and test/{{REAL,FAKE}}")
+
+
+def print_manifest_diff(diff, dest: Path, shown: int = 10) -> None:
+    for kind in ("missing", "extra", "changed"):
+        paths = getattr(diff, kind)
+        for path in paths[:shown]:
+            stdout.print(f"{kind}: {path}")
+        if len(paths) > shown:
+            stdout.print(f"{kind}: ... and {len(paths) - shown:,} more")
+    if diff.clean:
+        stdout.print(f"{dest}: all {diff.files:,} files match the manifest")
 
 
 def print_train_summary(result) -> None:
