@@ -57,3 +57,27 @@ def train_args(tiny_data: Path, tmp_path: Path) -> list[str]:
     return ["train", "--data-dir", str(tiny_data), "--output-dir", str(tmp_path / "results"),
             "--model", "scratch:vit-micro-32", "--batch-size", "16", "--epochs", "1",
             "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+
+
+@pytest.fixture(scope="session")
+def evaluated_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A results dir after `vitdetect train` (2 epochs) and `vitdetect evaluate` on a tiny dataset.
+
+    Holds the checkpoints, history, metrics.json, predictions.csv and every figure; its dataset is
+    ../cifake (46 test images: an odd count per class). Tests only read it: copy before changing.
+    """
+    from typer.testing import CliRunner
+
+    from vitdetect.cli import app
+
+    root = tmp_path_factory.mktemp("evaluated")
+    data, results, cache = make_dataset(root / "cifake", per_class=23), root / "results", root / "cache"
+    train = ["train", "--data-dir", str(data), "--output-dir", str(results), "--model",
+             "scratch:vit-micro-32", "--batch-size", "16", "--epochs", "2", "--log-every", "1",
+             "--cache-dir", str(cache), "--quiet"]
+    evaluate = ["evaluate", "--checkpoint", str(results / "best_model.pth"), "--data-dir", str(data),
+                "--batch-size", "8", "--cache-dir", str(cache), "--quiet"]
+    for args in (train, evaluate):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+    return results

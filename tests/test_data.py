@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 import torch
-from conftest import make_dataset
 from PIL import Image
 
+from conftest import make_dataset
 from vitdetect.data import (
     ID2LABEL,
     LABEL2ID,
@@ -27,8 +27,8 @@ def test_discovery_counts_labels_and_ignores_non_images(tiny_data):
     image_list = list_split(tiny_data, "train")
     assert image_list.labels.count(0) == 24 and image_list.labels.count(1) == 25
     assert image_list.ignored == 1
-    assert all(label == (1 if "FAKE" in str(path) else 0) for path, label in zip(image_list.paths,
-                                                                                 image_list.labels))
+    pairs = zip(image_list.paths, image_list.labels, strict=True)
+    assert all(label == (1 if "FAKE" in str(path) else 0) for path, label in pairs)
 
 
 def test_class_folders_match_case_insensitively(tmp_path):

@@ -3,8 +3,8 @@ import json
 
 import pytest
 import torch
-from conftest import REAL_CIFAKE
 
+from conftest import REAL_CIFAKE
 from vitdetect.checkpoint import load_checkpoint
 from vitdetect.model import load_model, model_from_config
 from vitdetect.settings import TrainSettings

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,9 @@ FORMAT_VERSION = 1
 BEST_NAME = "best_model.pth"
 LAST_NAME = "last.pth"
 PRETRAINED_DIR_NAME = "best_model"
+# What a checkpoint must hold to rebuild its model, and what `train --resume` needs on top.
+MODEL_KEYS = frozenset({"model_config", "state_dict", "preprocessing"})
+RESUME_KEYS = MODEL_KEYS | {"settings", "optimizer", "scheduler", "rng", "train_state", "history"}
 
 
 def model_payload(
@@ -77,19 +81,25 @@ def load_checkpoint(path: Path, kind: str | None = None) -> dict[str, Any]:
         raise VitdetectError(f"checkpoint path is a directory, not a file: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise VitdetectError(
-            f"refusing to load {path}: it holds pickled objects beyond weights and plain values, "
-            "which could run code; vitdetect only loads weights_only checkpoints"
-        ) from None
+    except pickle.UnpicklingError as exc:  # the weights-only unpickler refused something
+        code = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if code:
+            raise VitdetectError(f"refusing to load {path}: unpickling it would call {code[1]}, which "
+                                 "could run code; vitdetect only loads weights-only checkpoints") from None
+        raise VitdetectError(f"refusing to load {path}: not a weights-only checkpoint (damaged, not a "
+                             "checkpoint, or holding pickled objects that could run code)") from None
     except Exception:  # noqa: BLE001 - truncated zip, random bytes, ...
         raise VitdetectError(f"cannot read checkpoint {path}: the file is damaged or not a checkpoint") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise VitdetectError(f"not a vitdetect checkpoint: {path}")
-    if payload.get("format_version", 0) > FORMAT_VERSION:
+    version = payload.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
         raise VitdetectError(f"checkpoint {path} was written by a newer vitdetect; upgrade to read it")
     if kind is not None and payload.get("kind") != kind:
         raise VitdetectError(f"{path} is a '{payload.get('kind')}' checkpoint; expected a '{kind}' one")
+    missing = (RESUME_KEYS if payload.get("kind") == "last" else MODEL_KEYS) - payload.keys()
+    if missing:
+        raise VitdetectError(f"checkpoint {path} is incomplete: no {', '.join(sorted(missing))}")
     return payload
 
 

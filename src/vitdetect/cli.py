@@ -264,20 +264,20 @@ def download(
                                  "download --force` to fetch it again")
         return
     result = downloading.download(settings, reporter)
-    stdout.print(f"CIFAKE {result.action} at {result.dest}: {downloading.describe_counts(result.counts)}")
+    typer.echo(f"CIFAKE {result.action} at {result.dest}: {downloading.describe_counts(result.counts)}")
     if result.ignored:
-        stdout.print(f"left out {result.ignored:,} files outside train/{{REAL,FAKE}} and test/{{REAL,FAKE}}")
+        typer.echo(f"left out {result.ignored:,} file(s) outside train/{{REAL,FAKE}} and test/{{REAL,FAKE}}")
 
 
 def print_manifest_diff(diff, dest: Path, shown: int = 10) -> None:
     for kind in ("missing", "extra", "changed"):
         paths = getattr(diff, kind)
         for path in paths[:shown]:
-            stdout.print(f"{kind}: {path}")
+            typer.echo(f"{kind}: {path}")
         if len(paths) > shown:
-            stdout.print(f"{kind}: ... and {len(paths) - shown:,} more")
+            typer.echo(f"{kind}: ... and {len(paths) - shown:,} more")
     if diff.clean:
-        stdout.print(f"{dest}: all {diff.files:,} files match the manifest")
+        typer.echo(f"{dest}: all {diff.files:,} files match the manifest")
 
 
 def print_train_summary(result) -> None:

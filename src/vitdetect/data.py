@@ -52,7 +52,7 @@ class ImageSet:
 
     def subset(self, indices: np.ndarray) -> ImageSet:
         index = torch.as_tensor(indices, dtype=torch.long)
-        return ImageSet(self.images[index], self.labels[index], [self.paths[i] for i in indices])
+        return ImageSet(self.images.index_select(0, index), self.labels[index], [self.paths[i] for i in indices])
 
 
 def _child_dir(parent: Path, name: str) -> Path | None:
@@ -232,7 +232,8 @@ class TensorBatches(torch.utils.data.Dataset):
 
     def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
         index = torch.as_tensor(indices, dtype=torch.long)
-        return tuple(t[index] for t in self.tensors)
+        # index_select copies whole rows; t[index] goes element by element, many times slower on the CPU
+        return tuple(t.index_select(0, index.to(t.device)) for t in self.tensors)
 
 
 def keep_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 from pathlib import Path
 
@@ -13,6 +14,8 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 
 # Truncated files must fail, not decode half-grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# warnings.catch_warnings swaps process-wide state: decoding threads take turns while opening.
+_OPEN_LOCK = threading.Lock()
 
 
 class ImageDecodeError(Exception):
@@ -38,21 +41,31 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_rgb(source: str | Path | bytes, size: int | None = None) -> np.ndarray:
-    """Decode one image (path or bytes) to an HxWx3 uint8 array, resized to size x size when given.
+def _open(source: str | Path | bytes) -> Image.Image:
+    """Image.open (header only) with Pillow's decompression-bomb warning raised as an error."""
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+
+
+def _first_frame_rgb(image: Image.Image) -> Image.Image:
+    image.seek(0)
+    image.load()
+    return _to_rgb(ImageOps.exif_transpose(image) or image)
+
+
+def decode_rgb(source: str | Path | bytes | Image.Image, size: int | None = None) -> np.ndarray:
+    """Decode one image (path, bytes or PIL image) to an HxWx3 uint8 array, resized to size x size when given.
 
     EXIF orientation is applied, GIFs give their first frame, and images over Pillow's
     decompression-bomb limit are refused rather than decoded.
     """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            opened = io.BytesIO(source) if isinstance(source, bytes) else source
-            with Image.open(opened) as image:
-                image.seek(0)
-                image.load()
-                image = ImageOps.exif_transpose(image) or image
-                rgb = _to_rgb(image)
+        if isinstance(source, Image.Image):
+            rgb = _first_frame_rgb(source)
+        else:
+            with _open(source) as image:
+                rgb = _first_frame_rgb(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageDecodeError("image too large to decode safely (decompression-bomb limit)") from None
     except FileNotFoundError:
@@ -60,7 +73,8 @@ def decode_rgb(source: str | Path | bytes, size: int | None = None) -> np.ndarra
     except IsADirectoryError:
         raise ImageDecodeError("is a directory") from None
     except Image.UnidentifiedImageError:
-        raise ImageDecodeError("not an image (or an unsupported format)") from None
+        empty = not source if isinstance(source, bytes) else Path(source).stat().st_size == 0
+        raise ImageDecodeError("empty file" if empty else "not an image (or an unsupported format)") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageDecodeError(f"cannot decode image: {detail}") from None

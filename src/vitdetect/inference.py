@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vitdetect import distributed
 from vitdetect.checkpoint import load_checkpoint
 from vitdetect.data import TensorBatches, keep_batch
 from vitdetect.model import model_from_config
@@ -42,12 +43,7 @@ class TrainedModel:
 
 def make_inference_accelerator(cpu: bool = False):
     """An Accelerator that autocasts to bf16/fp16 on a GPU and stays fp32 on the CPU."""
-    from accelerate import Accelerator
-
-    precision = "no"
-    if torch.cuda.is_available() and not cpu:
-        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return Accelerator(cpu=cpu, mixed_precision=precision)
+    return distributed.make_accelerator(cpu)
 
 
 def fake_probabilities(

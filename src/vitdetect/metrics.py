@@ -1,8 +1,30 @@
-"""Metrics from scikit-learn on gathered predictions. FAKE (label 1) is the positive class."""
+"""Metrics from scikit-learn on gathered predictions, and the files evaluate saves them in.
+
+FAKE (label 1) is the positive class of every score, curve and threshold. An image is classified
+FAKE when P(FAKE) >= threshold, the rule scikit-learn's roc_curve uses for its thresholds.
+This module imports no torch, so `vitdetect plot` can read the files without it.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import numpy as np
+
+from vitdetect.errors import VitdetectError
+
+METRICS_NAME = "metrics.json"
+PREDICTIONS_NAME = "predictions.csv"
+PREDICTION_COLUMNS = ("path", "true_label", "p_fake", "predicted_label")
+CALIBRATION_BINS = 15
+TARGET_FPRS = (0.01, 0.05)
 
 
 def epoch_metrics(labels: np.ndarray, predictions: np.ndarray, losses: np.ndarray) -> dict[str, float]:
@@ -19,3 +41,152 @@ def epoch_metrics(labels: np.ndarray, predictions: np.ndarray, losses: np.ndarra
         "recall": float(recall),
         "f1": float(f1),
     }
+
+
+def classify(p_fake: np.ndarray, threshold: float) -> np.ndarray:
+    """Label ids: 1 (FAKE) where P(FAKE) >= threshold, else 0 (REAL)."""
+    return (np.asarray(p_fake) >= threshold).astype(np.int64)
+
+
+def threshold_at_fpr(labels: np.ndarray, p_fake: np.ndarray, target_fpr: float) -> dict[str, float] | None:
+    """The operating point with the highest TPR whose FPR is at most target_fpr; None without both classes.
+
+    Its threshold reproduces that FPR and TPR through `classify`. When only "nothing is FAKE" meets the
+    target, the threshold is the next float above the highest score.
+    """
+    from sklearn.metrics import roc_curve
+
+    if len(np.unique(labels)) < 2:
+        return None
+    fpr, tpr, thresholds = roc_curve(labels, p_fake, pos_label=1, drop_intermediate=False)
+    best = int(np.searchsorted(fpr, target_fpr, side="right")) - 1
+    threshold = float(thresholds[best])
+    if not math.isfinite(threshold):
+        threshold = float(np.nextafter(np.max(p_fake), np.inf))
+    return {"tpr": float(tpr[best]), "fpr": float(fpr[best]), "threshold": threshold}
+
+
+def calibration_bins(labels: np.ndarray, p_fake: np.ndarray, n_bins: int = CALIBRATION_BINS):
+    """Non-empty equal-width bins of P(FAKE): (fraction FAKE, mean P(FAKE), image count) per bin."""
+    from sklearn.calibration import calibration_curve
+
+    fraction_fake, mean_p_fake = calibration_curve(labels, p_fake, n_bins=n_bins, strategy="uniform",
+                                                   pos_label=1)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    # calibration_curve returns no counts: bin the way it does (searchsorted on the inner edges)
+    counts = np.bincount(np.searchsorted(edges[1:-1], p_fake), minlength=n_bins)
+    return fraction_fake, mean_p_fake, counts[counts > 0]
+
+
+def expected_calibration_error(labels: np.ndarray, p_fake: np.ndarray,
+                               n_bins: int = CALIBRATION_BINS) -> float:
+    """Sum over bins of (share of images) x |fraction FAKE - mean P(FAKE)|, the reliability diagram's gaps."""
+    fraction_fake, mean_p_fake, counts = calibration_bins(labels, p_fake, n_bins)
+    return float(np.sum(counts / counts.sum() * np.abs(fraction_fake - mean_p_fake)))
+
+
+def detector_metrics(
+    labels: np.ndarray, p_fake: np.ndarray, threshold: float, class_names: tuple[str, str]
+) -> tuple[dict[str, Any], list[str]]:
+    """Every score evaluate reports, as JSON-ready values, and warnings about the undefined ones (null)."""
+    from sklearn.metrics import (
+        accuracy_score,
+        average_precision_score,
+        balanced_accuracy_score,
+        brier_score_loss,
+        confusion_matrix,
+        log_loss,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
+
+    labels, p_fake = np.asarray(labels, dtype=np.int64), np.asarray(p_fake, dtype=np.float64)
+    predicted = classify(p_fake, threshold)
+    notes: list[str] = []
+    both_classes = len(np.unique(labels)) == 2
+    if not both_classes:
+        present = class_names[int(labels[0])] if len(labels) else "no"
+        notes.append(f"only {present} images: roc_auc, pr_auc, balanced_accuracy and tpr_at_fpr "
+                     "are undefined (null)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # undefined values become null with our own note instead
+        precision, recall, f1, support = precision_recall_fscore_support(
+            labels, predicted, labels=[0, 1], zero_division=np.nan
+        )
+    per_class = {}
+    for index, name in enumerate(class_names):
+        scores = {"precision": precision[index], "recall": recall[index], "f1": f1[index],
+                  "class_accuracy": recall[index]}
+        undefined = [key for key, value in scores.items() if math.isnan(value)]
+        if undefined:
+            why = f"no {name} images" if support[index] == 0 else f"no image predicted {name}"
+            notes.append(f"{name} {', '.join(undefined)} undefined (null): {why}")
+        per_class[name] = {**{k: _number(v) for k, v in scores.items()}, "support": int(support[index])}
+    metrics = {
+        "positive_class": class_names[1],
+        "class_names": list(class_names),
+        "threshold": float(threshold),
+        "n_images": len(labels),
+        "accuracy": float(accuracy_score(labels, predicted)),
+        "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)) if both_classes else None,
+        "roc_auc": float(roc_auc_score(labels, p_fake)) if both_classes else None,
+        "pr_auc": float(average_precision_score(labels, p_fake, pos_label=1)) if both_classes else None,
+        "log_loss": float(log_loss(labels, p_fake, labels=[0, 1])),
+        "brier_score": float(brier_score_loss(labels, p_fake, pos_label=1)),
+        "ece": expected_calibration_error(labels, p_fake),
+        "ece_bins": CALIBRATION_BINS,
+        "tpr_at_fpr": {str(target): threshold_at_fpr(labels, p_fake, target) for target in TARGET_FPRS},
+        "per_class": per_class,
+        "confusion_matrix": confusion_matrix(labels, predicted, labels=[0, 1]).tolist(),
+    }
+    return metrics, notes
+
+
+def _number(value: float) -> float | None:
+    return None if math.isnan(value) else float(value)
+
+
+@dataclass
+class Predictions:
+    """predictions.csv read back: label ids follow the order of class_names."""
+
+    paths: list[str]
+    labels: np.ndarray
+    p_fake: np.ndarray
+    predicted: np.ndarray
+
+
+def predictions_csv(paths: list[str], labels: np.ndarray, p_fake: np.ndarray, threshold: float,
+                    class_names: tuple[str, str]) -> str:
+    """One row per image; P(FAKE) in repr form so reading it back gives the identical float."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(PREDICTION_COLUMNS)
+    for path, label, score, guess in zip(paths, labels, p_fake, classify(p_fake, threshold), strict=True):
+        writer.writerow((path, class_names[int(label)], repr(float(score)), class_names[int(guess)]))
+    return buffer.getvalue()
+
+
+def read_predictions(path: Path, class_names: list[str]) -> Predictions:
+    ids = {name: index for index, name in enumerate(class_names)}
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        return Predictions(
+            [row["path"] for row in rows],
+            np.array([ids[row["true_label"]] for row in rows], dtype=np.int64),
+            np.array([float(row["p_fake"]) for row in rows], dtype=np.float64),
+            np.array([ids[row["predicted_label"]] for row in rows], dtype=np.int64),
+        )
+    except (OSError, KeyError, ValueError, TypeError, csv.Error) as exc:
+        raise VitdetectError(f"cannot read {path}: not a vitdetect predictions file ({exc!r})") from None
+
+
+def read_metrics(path: Path) -> dict[str, Any]:
+    try:
+        metrics = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(metrics, dict) or "class_names" not in metrics:
+            raise ValueError("no class_names")
+    except (OSError, ValueError) as exc:
+        raise VitdetectError(f"cannot read {path}: not a vitdetect metrics file ({exc})") from None
+    return metrics

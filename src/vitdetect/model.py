@@ -32,7 +32,9 @@ def _label_kwargs() -> dict[str, Any]:
 def load_model(spec: str) -> tuple[torch.nn.Module, tuple[tuple[float, ...], tuple[float, ...]]]:
     """The model named by spec with a fresh two-class head, and its normalization (mean, std)."""
     from transformers import ViTConfig, ViTForImageClassification
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # vitdetect shows its own progress
     if spec.startswith(SCRATCH_PREFIX):
         name = spec.removeprefix(SCRATCH_PREFIX)
         if name not in PRESETS:
@@ -88,9 +90,12 @@ def model_from_config(config_dict: dict[str, Any], state_dict: dict[str, torch.T
     """Rebuild a model from a checkpoint's config and weights, with no download."""
     from transformers import ViTConfig, ViTForImageClassification
 
-    model = ViTForImageClassification(ViTConfig.from_dict(config_dict))
     try:
+        model = ViTForImageClassification(ViTConfig.from_dict(config_dict))
         model.load_state_dict(state_dict)
-    except RuntimeError as exc:
-        raise VitdetectError(f"checkpoint weights do not fit its model: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign checkpoint fails in many ways
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+        detail = lines[1] if len(lines) > 1 else lines[0]  # torch puts the first mismatch on line 2
+        detail = detail if len(detail) <= 160 else detail[:157] + "..."
+        raise VitdetectError(f"checkpoint weights do not fit its model: {detail}") from None
     return model.eval()

@@ -39,11 +39,20 @@ class Task:
         self.fields.update(fields)
         progress = self.reporter._progress
         if progress is not None and self._rich_id is not None:
-            progress.update(self._rich_id, advance=count, rate=self.rate, extra=self._fields_text())
+            progress.update(self._rich_id, advance=count, rate=self.rate_text(), extra=self._fields_text())
+
+    def set_total(self, total: int) -> None:
+        self.total = total
+        progress = self.reporter._progress
+        if progress is not None and self._rich_id is not None:
+            progress.update(self._rich_id, total=total)
 
     @property
     def rate(self) -> float:
         return self.done / max(time.perf_counter() - self.started, 1e-9)
+
+    def rate_text(self) -> str:
+        return f"{self.rate:,.0f} {self.unit}/s" if self.unit == "img" else ""
 
     def _fields_text(self) -> str:
         return "  ".join(f"{name} {value:.4f}" for name, value in self.fields.items())
@@ -87,7 +96,7 @@ class Reporter:
             TextColumn("{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]:>8,.0f}/s"),
+            TextColumn("{task.fields[rate]:>12}"),
             TimeElapsedColumn(),
             TextColumn("eta"),
             TimeRemainingColumn(),
@@ -110,7 +119,7 @@ class Reporter:
         task = Task(self, description, total, unit)
         with self.bars():
             if self._progress is not None:
-                task._rich_id = self._progress.add_task(description, total=total, rate=0.0, extra="")
+                task._rich_id = self._progress.add_task(description, total=total, rate="", extra="")
             try:
                 yield task
             finally:

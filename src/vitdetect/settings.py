@@ -24,6 +24,11 @@ SCRATCH_RECIPE = {"train_mode": "full", "lr": 1e-3, "weight_decay": 0.05, "sched
                   "warmup_ratio": 0.1}
 
 
+# NumPy seeds must stay below 2**32 after adding the epoch and process index.
+MAX_SEED = 2**31 - 1
+MAX_BATCH_SIZE = 2**20
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "vitdetect"
@@ -48,7 +53,8 @@ class Schedule(str, Enum):
 
 
 class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=True, validate_default=True,
+                              allow_inf_nan=False)
 
     def to_json_dict(self) -> dict[str, Any]:
         return json.loads(self.model_dump_json())
@@ -69,7 +75,7 @@ class TrainSettings(_Settings):
     )
     last_blocks: int = Field(2, ge=1, description="K for --train-mode last-blocks.")
     epochs: int = Field(2, ge=1, description="Maximum number of epochs.")
-    batch_size: int = Field(128, ge=1, description="Images per batch and per process.")
+    batch_size: int = Field(128, ge=1, le=MAX_BATCH_SIZE, description="Images per batch and per process.")
     lr: float = Field(2e-5, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not on biases and LayerNorm).")
     schedule: Schedule = Field(Schedule.constant, description="Learning-rate schedule.")
@@ -77,14 +83,15 @@ class TrainSettings(_Settings):
     grad_clip: float = Field(1.0, ge=0, description="Gradient-norm clipping; 0 turns it off.")
     patience: int = Field(5, ge=1, description="Early stopping: epochs without a better validation loss.")
     val_fraction: float = Field(0.2, gt=0, lt=1, description="Share of train held out for validation.")
-    seed: int = Field(42, ge=0, description="Seed for the split, initialisation, shuffling, augmentation.")
+    seed: int = Field(42, ge=0, le=MAX_SEED,
+                      description="Seed for the split, initialisation, shuffling, augmentation.")
     augment: bool = Field(True, description="Random flip, rotation and colour jitter on training images.")
     rotation_degrees: float = Field(10.0, ge=0, le=180, description="RandomRotation range, in degrees.")
     feature_cache: bool = Field(
         True, description="Head-only mode: run the frozen backbone once per image view, then train the head."
     )
     feature_views: int = Field(
-        1, ge=1, description="Feature cache: augmented views per training image, computed once; epoch e "
+        1, ge=1, le=100, description="Feature cache: augmented views per training image, computed once; epoch e "
         "uses view e mod V. More views, more augmentation diversity, V times the one-time backbone cost."
     )
     mixed_precision: MixedPrecision = Field(
@@ -92,7 +99,8 @@ class TrainSettings(_Settings):
     )
     compile: bool = Field(False, description="torch.compile the model.")
     cpu: bool = Field(False, description="Train on the CPU even when a GPU is available.")
-    num_workers: int = Field(0, ge=0, description="DataLoader workers (batches are gathered from memory).")
+    num_workers: int = Field(0, ge=0, le=256,
+                             description="DataLoader workers (batches are gathered from memory).")
     log_every: int = Field(10, ge=1, description="Record batch-wise loss and accuracy every N batches.")
     max_images: int | None = Field(
         None, ge=2, description="Use at most N training images (stratified sample), for quick runs."
@@ -106,6 +114,111 @@ class TrainSettings(_Settings):
         if isinstance(values, dict) and str(values.get("model", "")).startswith(SCRATCH_PREFIX):
             return {**SCRATCH_RECIPE, **values}
         return values
+
+
+class FigureFormat(str, Enum):
+    png = "png"
+    svg = "svg"
+    pdf = "pdf"
+
+
+class _FigureSettings(_Settings):
+    format: FigureFormat = Field(FigureFormat.png, description="File format of the figures.")
+
+
+class EvaluateSettings(_FigureSettings):
+    """`vitdetect evaluate`: score a split with a checkpoint, save metrics, predictions and figures."""
+
+    checkpoint: Path = Field(
+        TrainSettings.model_fields["output_dir"].default / "best_model.pth",
+        description="Checkpoint written by `vitdetect train`.",
+    )
+    data_dir: Path = Field(
+        TrainSettings.model_fields["data_dir"].default, description="CIFAKE root holding SPLIT/{REAL,FAKE}."
+    )
+    split: str = Field("test", min_length=1, description="Folder of DATA_DIR to evaluate.")
+    output_dir: Path | None = Field(
+        None, description="Where metrics.json, predictions.csv and the figures go; unset: the checkpoint's "
+        "folder."
+    )
+    batch_size: int = Field(256, ge=1, le=MAX_BATCH_SIZE, description="Images per batch and per process.")
+    set_threshold_at_fpr: float | None = Field(
+        None, gt=0, lt=1, description="Store in the checkpoint the P(FAKE) threshold that gives this false "
+        "positive rate on the split (e.g. 0.05); evaluate and predict then classify with it.",
+    )
+    cpu: bool = Field(False, description="Run on the CPU even when a GPU is available.")
+    cache_dir: Path = Field(default_factory=default_cache_dir, description="Decoded-image cache.")
+    quiet: bool = Field(False, description="Print only errors and the final summary.")
+
+
+class PlotSettings(_FigureSettings):
+    """`vitdetect plot`: rebuild every figure from the files in a results dir."""
+
+    results_dir: Path = Field(
+        TrainSettings.model_fields["output_dir"].default,
+        description="Folder with history.csv, batch_history.csv, metrics.json, predictions.csv.",
+    )
+
+
+class OutputFormat(str, Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+class PredictSettings(_Settings):
+    """`vitdetect predict`: judge image files, folders and glob patterns with a checkpoint."""
+
+    checkpoint: Path = Field(
+        EvaluateSettings.model_fields["checkpoint"].default,
+        description="Checkpoint written by `vitdetect train`.",
+    )
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="FAKE when P(FAKE) >= this; unset: the checkpoint's, else 0.5."
+    )
+    format: OutputFormat = Field(
+        OutputFormat.table, description="On stdout: table (rich), json (JSON lines) or csv."
+    )
+    output: Path | None = Field(
+        None, description="Also write the results to this file, in --format (for table: JSON lines when "
+        "it ends in .json/.jsonl, else CSV).",
+    )
+    batch_size: int = Field(EvaluateSettings.model_fields["batch_size"].default, ge=1, le=MAX_BATCH_SIZE,
+                            description="Images per batch and per process.")
+    recursive: bool = Field(False, description="Also look for images in sub-folders of the given folders.")
+    cpu: bool = Field(False, description="Run on the CPU even when a GPU is available.")
+    quiet: bool = Field(False, description="No progress bar and summary on stderr; only the results.")
+
+
+class Source(str, Enum):
+    kaggle = "kaggle"
+    huggingface = "huggingface"
+
+
+class DownloadSettings(_Settings):
+    """`vitdetect download`: CIFAKE into DEST/{train,test}/{REAL,FAKE}, verified, with a manifest."""
+
+    dest: Path = Field(TrainSettings.model_fields["data_dir"].default, description="Where CIFAKE goes.")
+    source: Source = Field(Source.kaggle, description="kaggle (kagglehub) or huggingface (a hub mirror).")
+    from_zip: Path | None = Field(
+        None, description="Import this manually downloaded Kaggle zip instead of downloading (no network)."
+    )
+    kaggle_dataset: str = Field(
+        "birdy654/cifake-real-and-ai-generated-synthetic-images", min_length=3, description="Kaggle handle."
+    )
+    hf_repo: str = Field(
+        "dragonintelligence/CIFAKE-image-dataset", min_length=1,
+        description="Hugging Face dataset repo (or local folder in hub layout) for --source huggingface.",
+    )
+    expect_counts: str = Field(
+        "full", pattern=r"^(full|any|\d+,\d+)$",
+        description="Images per class: full (train 50,000, test 10,000), TRAIN,TEST (e.g. 10000,10000 for a "
+        "subset), or any (report a difference as a warning).",
+    )
+    max_unpacked_gb: float = Field(5.0, gt=0, description="Refuse archives that unpack to more than this.")
+    force: bool = Field(False, description="Replace DEST even when it already holds a verified download.")
+    verify_only: bool = Field(False, description="Only re-check DEST against its manifest; download nothing.")
+    quiet: bool = Field(False, description="Print only errors and the final summary.")
 
 
 S = TypeVar("S", bound=_Settings)

@@ -8,6 +8,7 @@ backbone once per image view and then trains the classifier on the stored featur
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -19,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vitdetect import distributed
 from vitdetect.atomic import atomic_write_text
 from vitdetect.checkpoint import (
     BEST_NAME,
@@ -35,8 +36,15 @@ from vitdetect.checkpoint import (
     save_checkpoint,
     save_pretrained_dir,
 )
-from vitdetect.data import ImageSet, TensorBatches, keep_batch, load_split, stratified_sample, stratified_split
-from vitdetect.data import write_skipped
+from vitdetect.data import (
+    ImageSet,
+    TensorBatches,
+    keep_batch,
+    load_split,
+    stratified_sample,
+    stratified_split,
+    write_skipped,
+)
 from vitdetect.errors import UsageError, VitdetectError
 from vitdetect.metrics import epoch_metrics
 from vitdetect.model import load_model, model_from_config, set_trainable
@@ -101,7 +109,7 @@ def train(settings: TrainSettings, reporter: Reporter | None = None, resume: Pat
     trainable, total = set_trainable(model, settings.train_mode, settings.last_blocks)
     reporter.info(f"model {settings.model}: trainable parameters {trainable:,} of {total:,}")
 
-    with accelerator.main_process_first():
+    with accelerator.local_main_process_first():  # one decoder per machine; the others read its cache
         images = load_training_images(settings, reporter)
     prep = Preprocessing(model.config.image_size, int(images.images.shape[-1]), tuple(mean), tuple(std))
     train_idx, val_idx = stratified_split(images.labels, settings.val_fraction, settings.seed)
@@ -121,6 +129,9 @@ def train(settings: TrainSettings, reporter: Reporter | None = None, resume: Pat
     augmentation = build_augmentation(settings.rotation_degrees) if settings.augment else None
     use_features = settings.train_mode == TrainMode.head and settings.feature_cache
     if use_features:
+        # Building a fresh model and rebuilding a resumed one draw different amounts of randomness:
+        # reseed so the augmented views, and so a resumed run, do not depend on which happened.
+        set_seed(settings.seed, device_specific=True)
         views = settings.feature_views if augmentation is not None else 1
         train_inputs = extract_features(model, train_set.images, prep, augmentation, views, settings, accelerator,
                                         reporter, "features (train)")
@@ -166,14 +177,14 @@ def train(settings: TrainSettings, reporter: Reporter | None = None, resume: Pat
             if settings.train_mode == TrainMode.head and not use_features:
                 model.vit.eval()  # a frozen backbone stays in inference mode (dropout off)
             train_metrics = run_epoch(
-                lambda x: forward(x, True, epoch), train_loader, accelerator, reporter, settings, epoch,
-                interrupted, optimizer=optimizer, scheduler=scheduler, batch_log=state.batches,
+                functools.partial(forward, training=True, epoch=epoch), train_loader, accelerator, reporter,
+                settings, epoch, interrupted, optimizer=optimizer, scheduler=scheduler, batch_log=state.batches,
                 params=trained_module.parameters,
             )
             trained_module.eval()
             with torch.inference_mode():
-                val_metrics = run_epoch(lambda x: forward(x, False, epoch), val_loader, accelerator, reporter,
-                                        settings, epoch, interrupted)
+                val_metrics = run_epoch(functools.partial(forward, training=False, epoch=epoch), val_loader,
+                                        accelerator, reporter, settings, epoch, interrupted)
             seconds = time.perf_counter() - epoch_started
             state.epochs.append(
                 {"epoch": epoch, **{f"train_{k}": v for k, v in train_metrics.items()},
@@ -197,22 +208,21 @@ def train(settings: TrainSettings, reporter: Reporter | None = None, resume: Pat
                 stopped_early = True
                 reporter.info(f"early stopping: no better validation loss for {settings.patience} epochs")
                 break
+    if accelerator.is_main_process:
+        from vitdetect.plots import training_figures
+
+        training_figures(output_dir)
     return TrainResult(output_dir, state, trainable, total, stopped_early, time.perf_counter() - started)
 
 
 def make_accelerator(settings: TrainSettings):
-    from accelerate import Accelerator
     from accelerate.utils import DataLoaderConfiguration
 
-    precision = settings.mixed_precision
-    if precision == "auto":
-        precision = "no"
-        if torch.cuda.is_available() and not settings.cpu:
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return Accelerator(
-        cpu=settings.cpu,
-        mixed_precision=precision,
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, non_blocking=True),
+    return distributed.make_accelerator(
+        settings.cpu, settings.mixed_precision,
+        # data_seed: every process shuffles the same way, so their shards of an epoch do not overlap
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=settings.seed,
+                                                  non_blocking=True),
     )
 
 
@@ -228,14 +238,8 @@ def prepare_output_dir(output_dir: Path) -> None:
 
 def load_training_images(settings: TrainSettings, reporter: Reporter) -> ImageSet:
     """The decoded train split; decode failures are skipped, counted and listed in a file."""
-    total = {"n": 0}
     with reporter.task("decoding images", 0, transient=True) as bar:
-        def on_total(n: int) -> None:
-            total["n"] = bar.total = n
-            if bar._rich_id is not None and reporter._progress is not None:
-                reporter._progress.update(bar._rich_id, total=n)
-
-        images = load_split(settings.data_dir, "train", None, settings.cache_dir, bar.advance, on_total)
+        images = load_split(settings.data_dir, "train", None, settings.cache_dir, bar.advance, bar.set_total)
     if images.ignored:
         reporter.info(f"ignored {images.ignored} non-image file(s) in {settings.data_dir}")
     listed = write_skipped(images, settings.output_dir) if reporter.enabled else None
@@ -334,7 +338,7 @@ def run_epoch(
     name = "train" if training else "validate"
     with reporter.task(f"epoch {epoch} {name}", len(loader.dataset), transient=True) as bar:
         for step, (inputs, targets) in enumerate(loader, start=1):
-            if signum := interrupted():
+            if signum := distributed.agreed_signal(interrupted(), accelerator):
                 raise Interrupted(interruption_message(signum, epoch, settings.output_dir), 128 + signum)
             with accelerator.autocast():
                 logits = forward(inputs)
@@ -388,7 +392,7 @@ def interruption_message(signum: int, epoch: int, output_dir: Path) -> str:
     if epoch > 1:
         return (f"interrupted during epoch {epoch}; epoch {epoch - 1} is saved in {last}. "
                 f"Resume with: vitdetect train --resume {last}")
-    return f"interrupted during epoch 1, before any epoch completed: nothing to resume, start again"
+    return "interrupted during epoch 1, before any epoch completed: nothing to resume, start again"
 
 
 def save_best(output_dir: Path, model, settings, prep, epoch: int, metrics: dict[str, float]) -> None:

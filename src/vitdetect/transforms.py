@@ -63,10 +63,13 @@ def to_model_input(
     batch = images.float().div_(255.0)
     if augmentation is not None:
         batch = augmentation(batch).clamp_(0.0, 1.0)
+    # Normalizing before the resize gives the same result (the resize's weights sum to 1) and touches
+    # 49x fewer values at 32 -> 224: on the CPU, normalizing the 224 output cost more than the resize.
+    mean = torch.tensor(prep.mean, device=batch.device).view(1, 3, 1, 1)
+    std = torch.tensor(prep.std, device=batch.device).view(1, 3, 1, 1)
+    batch = (batch - mean) / std
     if batch.shape[-2:] != (prep.image_size, prep.image_size):
         batch = F.interpolate(
             batch, size=(prep.image_size, prep.image_size), mode="bilinear", align_corners=False, antialias=True
         )
-    mean = torch.tensor(prep.mean, device=batch.device).view(1, 3, 1, 1)
-    std = torch.tensor(prep.std, device=batch.device).view(1, 3, 1, 1)
-    return ((batch - mean) / std).to(dtype)
+    return batch.to(dtype)

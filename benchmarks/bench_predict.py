@@ -1,0 +1,103 @@
+"""`Detector` against `transformers.pipeline("image-classification")`: same model, same images, CPU.
+
+    python benchmarks/bench_predict.py --checkpoint results/best_model.pth
+
+Every side judges the same CIFAKE test files (evenly spread over test/REAL and test/FAKE), reading
+and decoding them itself; loading the model is not timed. The pipeline gets the checkpoint's model
+saved with save_pretrained and its ViTImageProcessor (what `vitdetect train` writes to
+results/best_model/), and runs twice: as called by default (`classifier(paths)`: batch size 1) and
+with the Detector's batch size. The sides alternate --repeats times in one process, so they share
+the machine's load; each side's best time counts. Prints the rates, how far the P(FAKE) values are
+apart, and the ratios last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from _common import REAL_CIFAKE, print_ratio, timer
+from vitdetect.checkpoint import save_pretrained_dir
+from vitdetect.data import POSITIVE_CLASS, list_split
+from vitdetect.inference import make_inference_accelerator
+from vitdetect.predict import Detector
+from vitdetect.settings import PredictSettings
+
+TARGET = 1.5
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, default=PredictSettings.model_fields["checkpoint"].default)
+    parser.add_argument("--data-dir", type=Path, default=REAL_CIFAKE, help="CIFAKE root with test/{REAL,FAKE}")
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=PredictSettings.model_fields["batch_size"].default)
+    parser.add_argument("--default-batch-images", type=int, default=200,
+                        help="images for the (slow) pipeline at its default batch size 1")
+    parser.add_argument("--repeats", type=int, default=2)
+    return parser.parse_args()
+
+
+def spread_sample(paths: list[Path], count: int) -> list[Path]:
+    return [paths[i] for i in np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int)]
+
+
+def main() -> None:
+    from transformers import pipeline
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    args = parse_args()
+    paths = spread_sample(list_split(args.data_dir, "test").paths, args.images)
+    names = [str(path) for path in paths]
+    detector = Detector.from_checkpoint(args.checkpoint, batch_size=args.batch_size,
+                                        accelerator=make_inference_accelerator(cpu=True))
+    with tempfile.TemporaryDirectory() as scratch:
+        save_pretrained_dir(Path(scratch) / "model", detector.trained.model, detector.trained.prep)
+        classifier = pipeline("image-classification", model=str(Path(scratch) / "model"), device="cpu")
+    sides = {  # name: (judge the first n images and return their P(FAKE), n)
+        "vitdetect Detector": (lambda n: [r.p_fake for r in detector.predict(paths[:n])], len(paths)),
+        f"pipeline, batch size {args.batch_size}": (
+            lambda n: fake_scores(classifier(names[:n], batch_size=args.batch_size, top_k=2)), len(paths)),
+        "pipeline, default batch size 1": (lambda n: fake_scores(classifier(names[:n], top_k=2)),
+                                           min(args.default_batch_images, len(paths))),
+    }
+    for run, _ in sides.values():  # warm-up: lazy initialisation
+        run(16)
+    seconds: dict[str, list[float]] = {name: [] for name in sides}
+    p_fake = {}
+    for _ in range(args.repeats):
+        for name, (run, count) in sides.items():
+            with timer() as elapsed:
+                p_fake[name] = np.array(run(count))
+            seconds[name].append(elapsed["seconds"])
+    rate = {name: count / min(seconds[name]) for name, (_, count) in sides.items()}
+    report(args, {name: count for name, (_, count) in sides.items()}, rate, p_fake)
+
+
+def fake_scores(outputs: list[list[dict]]) -> list[float]:
+    return [next(o["score"] for o in output if o["label"] == POSITIVE_CLASS) for output in outputs]
+
+
+def report(args: argparse.Namespace, counts: dict[str, int], rate: dict[str, float], p_fake: dict) -> None:
+    import torch
+
+    print(f"machine: {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, all sides on the CPU; "
+          f"python {sys.version.split()[0]}, torch {torch.__version__}")
+    print(f"CIFAKE test images from {args.data_dir}, checkpoint {args.checkpoint}, best of {args.repeats}")
+    for name, value in rate.items():
+        print(f"{name:>32}: {value:8,.1f} images/s over {counts[name]:,} images")
+    ours, *pipelines = rate
+    gap = max(np.abs(p_fake[ours][: counts[name]] - p_fake[name]).max() for name in pipelines)
+    print(f"max |P(FAKE) difference| vitdetect vs pipeline: {gap:.2e}")
+    for name in reversed(pipelines):
+        print_ratio(f"images/s, vitdetect / {name}", rate[ours] / rate[name], TARGET)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""`evaluate(settings)`: score a split with a checkpoint; save metrics.json, predictions.csv and figures.
+
+Runs in one process or under `torchrun` / `accelerate launch`: every process scores its shard,
+the P(FAKE) values are gathered (exactly one per image), and only the main process writes and prints.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitdetect.atomic import atomic_write_text
+from vitdetect.checkpoint import save_checkpoint
+from vitdetect.data import CLASS_NAMES, ImageSet, list_split, load_split, write_skipped
+from vitdetect.errors import VitdetectError
+from vitdetect.inference import TrainedModel, fake_probabilities, make_inference_accelerator
+from vitdetect.metrics import (
+    METRICS_NAME,
+    PREDICTIONS_NAME,
+    detector_metrics,
+    predictions_csv,
+    threshold_at_fpr,
+)
+from vitdetect.progress import Reporter
+from vitdetect.settings import EvaluateSettings
+from vitdetect.train import prepare_output_dir
+
+
+@dataclass
+class EvaluationResult:
+    metrics: dict[str, Any]
+    output_dir: Path
+    seconds: float  # decoding, scoring, metrics and figures
+    images_per_second: float  # scoring alone
+    figures: list[Path] = field(default_factory=list)
+    stored_threshold: dict[str, Any] | None = None
+
+
+def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> EvaluationResult:
+    started = time.perf_counter()
+    accelerator = make_inference_accelerator(settings.cpu)
+    main = accelerator.is_main_process
+    reporter = reporter or Reporter(settings.quiet, enabled=main)
+    trained = TrainedModel.load(settings.checkpoint)
+    output_dir = settings.output_dir or settings.checkpoint.parent
+    if main:
+        prepare_output_dir(output_dir)
+    with accelerator.local_main_process_first():  # one decoder per machine; the others read its cache
+        images = decode_split(settings, trained.prep.storage_size, reporter)
+    if main and images.skipped:
+        listed = write_skipped(images, output_dir)
+        reporter.warn(f"skipped {len(images.skipped)} image(s) that failed to decode; list in {listed}")
+
+    scoring_started = time.perf_counter()
+    p_fake = fake_probabilities(trained, images.images, settings.batch_size, accelerator, reporter,
+                                f"scoring {settings.split}")
+    images_per_second = len(p_fake) / max(time.perf_counter() - scoring_started, 1e-9)
+    labels = images.labels.numpy()
+
+    threshold, stored = trained.threshold, None
+    if settings.set_threshold_at_fpr is not None:
+        stored = threshold_for_fpr(labels, p_fake, settings)
+        threshold = stored["threshold"]
+        if main:
+            save_checkpoint(settings.checkpoint, {**trained.checkpoint, "threshold": threshold,
+                                                  "threshold_source": stored})
+    metrics, notes = detector_metrics(labels, p_fake, threshold, CLASS_NAMES)
+    metrics.update(provenance(settings, trained, images))
+    figures: list[Path] = []
+    if main:
+        for note in notes:
+            reporter.warn(note)
+        write_results(output_dir, metrics, images.paths, labels, p_fake)
+        from vitdetect.plots import evaluation_figures
+
+        figures = evaluation_figures(output_dir, settings.format).written
+    accelerator.wait_for_everyone()
+    seconds = time.perf_counter() - started
+    return EvaluationResult(metrics, output_dir, seconds, images_per_second, figures, stored)
+
+
+def decode_split(settings: EvaluateSettings, size: int, reporter: Reporter) -> ImageSet:
+    """The split decoded at the checkpoint's storage size (from the cache when it is there)."""
+    total = len(list_split(settings.data_dir, settings.split).paths)
+    with reporter.task(f"decoding {settings.split} images", total, transient=True) as bar:
+        images = load_split(settings.data_dir, settings.split, size, settings.cache_dir, bar.advance)
+    if images.ignored:
+        reporter.info(f"ignored {images.ignored} non-image file(s) in {settings.data_dir / settings.split}")
+    return images
+
+
+def threshold_for_fpr(labels: np.ndarray, p_fake: np.ndarray, settings: EvaluateSettings) -> dict[str, Any]:
+    """The operating point at --set-threshold-at-fpr, with where it was measured."""
+    point = threshold_at_fpr(labels, p_fake, settings.set_threshold_at_fpr)
+    if point is None:
+        raise VitdetectError(
+            f"cannot set a threshold at FPR {settings.set_threshold_at_fpr}: the {settings.split} split "
+            "needs both REAL and FAKE images"
+        )
+    return {**point, "target_fpr": settings.set_threshold_at_fpr, "split": settings.split,
+            "data_dir": str(settings.data_dir)}
+
+
+def provenance(settings: EvaluateSettings, trained: TrainedModel, images: ImageSet) -> dict[str, Any]:
+    return {
+        "checkpoint": str(settings.checkpoint),
+        "checkpoint_epoch": trained.checkpoint.get("epoch"),
+        "model": trained.checkpoint.get("settings", {}).get("model"),
+        "split": settings.split,
+        "data_dir": str(settings.data_dir),
+        "skipped_images": len(images.skipped),
+    }
+
+
+def write_results(output_dir: Path, metrics: dict[str, Any], paths: list[str], labels: np.ndarray,
+                  p_fake: np.ndarray) -> None:
+    text = predictions_csv(paths, labels, p_fake, metrics["threshold"], CLASS_NAMES)
+    atomic_write_text(output_dir / PREDICTIONS_NAME, text)
+    atomic_write_text(output_dir / METRICS_NAME, json.dumps(metrics, indent=2, allow_nan=False) + "\n")

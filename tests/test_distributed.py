@@ -1,0 +1,166 @@
+"""One run in two processes (torchrun, gloo on the CPU) gives the numbers one process gives.
+
+Each launch runs under a timeout in its own process group: a process left waiting in a collective
+that another skipped fails the test instead of blocking the suite.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import make_dataset
+from vitdetect.cli import app
+from vitdetect.data import CLASS_NAMES, list_split, stratified_split
+
+pytestmark = pytest.mark.slow
+LAUNCH_TIMEOUT_S = 240
+PROCESSES = 2
+
+
+def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node 2 ARGS` (a free port each time); fails on error or hang."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", str(PROCESSES), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"still running after {LAUNCH_TIMEOUT_S}s (a hang?):\n{stderr[-3000:]}")
+    assert proc.returncode == 0, f"{stdout}\n{stderr[-5000:]}"
+    return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+
+def evaluate_in_one_process(*args: str) -> None:
+    result = CliRunner().invoke(app, ["evaluate", *args, "--quiet"])
+    assert result.exit_code == 0, result.output
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def assert_same_numbers(got, expected, path: str = "metrics") -> None:
+    """Equal structure and values; floats to 1e-6, the last bits a different batch composition may move."""
+    if isinstance(expected, dict):
+        assert got.keys() == expected.keys(), path
+        for key in expected:
+            assert_same_numbers(got[key], expected[key], f"{path}.{key}")
+    elif isinstance(expected, list):
+        assert len(got) == len(expected), path
+        for index, (a, b) in enumerate(zip(got, expected, strict=True)):
+            assert_same_numbers(a, b, f"{path}[{index}]")
+    elif isinstance(expected, float):
+        assert math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-9), f"{path}: {got} != {expected}"
+    else:
+        assert got == expected, path
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory: pytest.TempPathFactory):
+    """`torchrun --nproc_per_node 2 -m vitdetect train` on 82 images (17 validation: an odd count)."""
+    root = tmp_path_factory.mktemp("distributed")
+    data = make_dataset(root / "cifake", per_class=41, splits=("train",))
+    output = root / "results"
+    flags = ["--data-dir", str(data), "--output-dir", str(output), "--model", "scratch:vit-micro-32",
+             "--batch-size", "6", "--epochs", "2", "--log-every", "1", "--cache-dir", str(root / "cache")]
+    proc = torchrun("-m", "vitdetect", "train", *flags, cwd=root)
+    return root, data, output, proc
+
+
+def test_two_process_training_writes_once_and_its_validation_metrics_are_exact(two_process_run):
+    root, data, output, proc = two_process_run
+    # One writer, one voice: a single summary and a single line per epoch, from the main process.
+    assert proc.stdout.count("training summary") == 1
+    assert proc.stderr.count("2 process(es) x batch 6 = 12 images per step") == 1
+    assert proc.stderr.count("epoch 2/2:") == 1
+    config = json.loads((output / "config.json").read_text())
+    assert (config["processes"], config["images_per_step"]) == (PROCESSES, 12)
+    assert not [p.name for p in output.iterdir() if p.name.startswith(".")]  # no probe, no temp file left
+    history = read_rows(output / "history.csv")
+    assert [int(row["epoch"]) for row in history] == [1, 2]
+    best = min(history, key=lambda row: float(row["val_loss"]))
+
+    # The same validation split, scored afterwards by one process through `vitdetect evaluate`.
+    listed = list_split(data, "train")
+    _, val_idx = stratified_split(torch.tensor(listed.labels), 0.2, 42)
+    for index in val_idx:
+        target = root / "validation-only" / "validation" / CLASS_NAMES[listed.labels[index]]
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(listed.paths[index], target / listed.paths[index].name)
+    evaluate_in_one_process("--checkpoint", str(output / "best_model.pth"), "--data-dir",
+                            str(root / "validation-only"), "--split", "validation", "--output-dir",
+                            str(root / "evaluated"), "--cache-dir", str(root / "cache"))
+    metrics = json.loads((root / "evaluated" / "metrics.json").read_text())
+    fake = metrics["per_class"]["FAKE"]
+    assert metrics["n_images"] == len(val_idx) == 17
+    assert metrics["accuracy"] == float(best["val_accuracy"])
+    assert (fake["precision"], fake["recall"], fake["f1"]) == tuple(
+        float(best[f"val_{name}"]) for name in ("precision", "recall", "f1"))
+    # Mean cross-entropy in float32 during training, sklearn's log loss in float64 here.
+    assert metrics["log_loss"] == pytest.approx(float(best["val_loss"]), rel=1e-5)
+
+
+def test_two_process_evaluation_of_101_images_matches_one_process(two_process_run, tmp_path):
+    _, _, output, _ = two_process_run
+    data = make_dataset(tmp_path / "cifake", per_class=51, splits=("test",))
+    (data / "test" / "REAL" / "0.jpg").unlink()  # 101 images: the sampler pads the last batch
+    common = ["--checkpoint", str(output / "best_model.pth"), "--data-dir", str(data), "--batch-size", "8",
+              "--cache-dir", str(tmp_path / "cache")]
+    torchrun("-m", "vitdetect", "evaluate", *common, "--output-dir", str(tmp_path / "two"), cwd=tmp_path)
+    evaluate_in_one_process(*common, "--output-dir", str(tmp_path / "one"))
+
+    two, one = (read_rows(tmp_path / name / "predictions.csv") for name in ("two", "one"))
+    assert len(two) == len(one) == 101
+    assert len({row["path"] for row in two}) == 101  # no padded duplicate
+    for got, expected in zip(two, one, strict=True):
+        assert_same_numbers({**got, "p_fake": float(got["p_fake"])},
+                            {**expected, "p_fake": float(expected["p_fake"])})
+    two, one = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("two", "one"))
+    assert two["n_images"] == 101
+    assert_same_numbers(two, one)
+
+
+EARLY_STOP_SCRIPT = """
+import json, os, sys
+from pathlib import Path
+from vitdetect.settings import TrainSettings
+from vitdetect.train import train
+
+result = train(TrainSettings(**json.loads(sys.argv[1])))
+report = {"epoch": result.state.epoch, "stopped_early": result.stopped_early,
+          "val_losses": [row["val_loss"] for row in result.state.epochs]}
+Path(sys.argv[2], f"rank{os.environ['RANK']}.json").write_text(json.dumps(report))
+"""
+
+
+def test_early_stopping_ends_every_process_at_the_same_epoch(tiny_data, tmp_path):
+    # A learning rate far below float32 resolution: the validation loss cannot improve after epoch 1.
+    settings = dict(data_dir=str(tiny_data), output_dir=str(tmp_path / "results"),
+                    model="scratch:vit-micro-32", lr=1e-12, schedule="constant", patience=1, epochs=6,
+                    batch_size=8, cache_dir=str(tmp_path / "cache"), quiet=True)
+    script = tmp_path / "train_and_report.py"
+    script.write_text(EARLY_STOP_SCRIPT)
+    torchrun(str(script), json.dumps(settings), str(tmp_path), cwd=tmp_path)
+
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(PROCESSES)]
+    assert all(report["stopped_early"] for report in reports)
+    assert reports[0]["epoch"] < settings["epochs"]
+    assert reports[1] == reports[0]  # same epoch, same gathered validation losses
+    assert len(read_rows(tmp_path / "results" / "history.csv")) == reports[0]["epoch"]
