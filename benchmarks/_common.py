@@ -101,6 +101,13 @@ def peak_rss_mb() -> dict[str, float]:
     }
 
 
+def rss_text(result: dict, peak_key: str = "peak_rss_mb") -> str:
+    """Peak RSS of a side, with its DataLoader workers when it has some (they fork from it)."""
+    workers = result.get("workers", 0)
+    extra = f" + {workers} DataLoader workers, largest {result['peak_rss_child_mb']:,.0f} MB" if workers else ""
+    return f"peak RSS {result[peak_key]:,.0f} MB{extra}"
+
+
 @contextmanager
 def timer() -> Iterator[dict[str, float]]:
     """with timer() as t: ...; then t["seconds"] holds the wall time."""

@@ -27,6 +27,7 @@ from _common import (
     base_parser,
     cifake_subset,
     print_ratio,
+    rss_text,
     run_benchmark,
     save_random_model,
     timer,
@@ -108,7 +109,7 @@ def baseline(args: argparse.Namespace, work_dir: Path) -> dict:
                 best_loss = val_loss
                 torch.save(model.state_dict(), work_dir / "baseline_best_model.pth")
     return {"seconds": elapsed["seconds"], "val_accuracy": history[-1], "train_images": len(train_paths),
-            "val_images": len(val_paths)}
+            "val_images": len(val_paths), "workers": args.workers}
 
 
 def vitdetect_side(args: argparse.Namespace, work_dir: Path) -> dict:
@@ -138,7 +139,7 @@ def report(args: argparse.Namespace, results: dict[str, dict]) -> None:
           f"batch {args.batch_size}, scratch:{PRESET}, head only")
     for name, result in results.items():
         print(f"{name:>9}: {result['seconds']:8.1f} s   final val accuracy {result['val_accuracy']:.4f}   "
-              f"peak RSS {result['peak_rss_mb']:,.0f} MB (+ largest child {result['peak_rss_child_mb']:,.0f} MB)")
+              f"{rss_text(result)}")
     print_ratio("wall time, baseline / vitdetect", base["seconds"] / fast["seconds"], TARGET)
 
 

@@ -17,7 +17,16 @@ import argparse
 from collections.abc import Iterator
 from pathlib import Path
 
-from _common import SUBSET_NAME, base_parser, cifake_subset, peak_rss_mb, print_ratio, run_benchmark, timer
+from _common import (
+    SUBSET_NAME,
+    base_parser,
+    cifake_subset,
+    peak_rss_mb,
+    print_ratio,
+    rss_text,
+    run_benchmark,
+    timer,
+)
 
 TARGET = 1.5
 GATHER_TARGET = 20_000
@@ -112,9 +121,8 @@ def report(args: argparse.Namespace, results: dict[str, dict]) -> None:
     print(f"vitdetect uint8 gather alone: {fast['gather_per_s']:,.0f} images/s "
           f"(2 epochs over {fast['gather_set']:,} images, batch {args.batch_size}; "
           f"{gather_verdict} the target >= {GATHER_TARGET:,}); peak RSS with that set {fast['peak_rss_mb']:,.0f} MB")
-    workers = f" + {base['workers']} workers, largest {base['peak_rss_child_mb']:,.0f} MB"
-    print(f" baseline: {base['images_per_s']:8,.0f} images/s   peak RSS {base['peak_rss_mb']:,.0f} MB{workers}")
-    print(f"vitdetect: {fast['images_per_s']:8,.0f} images/s   peak RSS {fast['pipeline_rss_mb']:,.0f} MB")
+    print(f" baseline: {base['images_per_s']:8,.0f} images/s   {rss_text(base)}")
+    print(f"vitdetect: {fast['images_per_s']:8,.0f} images/s   {rss_text(fast, 'pipeline_rss_mb')}")
     print_ratio("images/s, vitdetect / baseline", fast["images_per_s"] / base["images_per_s"], TARGET)
 
 

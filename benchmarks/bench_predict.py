@@ -23,8 +23,9 @@ import numpy as np
 
 from _common import REAL_CIFAKE, print_ratio, timer
 from vitdetect.checkpoint import save_pretrained_dir
-from vitdetect.data import POSITIVE_CLASS, list_split
+from vitdetect.data import list_split
 from vitdetect.inference import make_inference_accelerator
+from vitdetect.labels import POSITIVE_CLASS
 from vitdetect.predict import Detector
 from vitdetect.settings import PredictSettings
 
@@ -37,8 +38,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--data-dir", type=Path, default=REAL_CIFAKE, help="CIFAKE root with test/{REAL,FAKE}")
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=PredictSettings.model_fields["batch_size"].default)
-    parser.add_argument("--default-batch-images", type=int, default=200,
-                        help="images for the (slow) pipeline at its default batch size 1")
     parser.add_argument("--repeats", type=int, default=2)
     return parser.parse_args()
 
@@ -60,40 +59,39 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         save_pretrained_dir(Path(scratch) / "model", detector.trained.model, detector.trained.prep)
         classifier = pipeline("image-classification", model=str(Path(scratch) / "model"), device="cpu")
-    sides = {  # name: (judge the first n images and return their P(FAKE), n)
-        "vitdetect Detector": (lambda n: [r.p_fake for r in detector.predict(paths[:n])], len(paths)),
-        f"pipeline, batch size {args.batch_size}": (
-            lambda n: fake_scores(classifier(names[:n], batch_size=args.batch_size, top_k=2)), len(paths)),
-        "pipeline, default batch size 1": (lambda n: fake_scores(classifier(names[:n], top_k=2)),
-                                           min(args.default_batch_images, len(paths))),
+    sides = {  # each judges the first n images and returns their P(FAKE)
+        "vitdetect Detector": lambda n: [r.p_fake for r in detector.predict(paths[:n])],
+        f"pipeline, batch size {args.batch_size}": lambda n: fake_scores(
+            classifier(names[:n], batch_size=args.batch_size, top_k=2)),
+        "pipeline, default batch size 1": lambda n: fake_scores(classifier(names[:n], top_k=2)),
     }
-    for run, _ in sides.values():  # warm-up: lazy initialisation
+    for run in sides.values():  # warm-up: lazy initialisation
         run(16)
     seconds: dict[str, list[float]] = {name: [] for name in sides}
     p_fake = {}
     for _ in range(args.repeats):
-        for name, (run, count) in sides.items():
+        for name, run in sides.items():
             with timer() as elapsed:
-                p_fake[name] = np.array(run(count))
+                p_fake[name] = np.array(run(len(paths)))
             seconds[name].append(elapsed["seconds"])
-    rate = {name: count / min(seconds[name]) for name, (_, count) in sides.items()}
-    report(args, {name: count for name, (_, count) in sides.items()}, rate, p_fake)
+    report(args, len(paths), {name: len(paths) / min(times) for name, times in seconds.items()}, p_fake)
 
 
 def fake_scores(outputs: list[list[dict]]) -> list[float]:
     return [next(o["score"] for o in output if o["label"] == POSITIVE_CLASS) for output in outputs]
 
 
-def report(args: argparse.Namespace, counts: dict[str, int], rate: dict[str, float], p_fake: dict) -> None:
+def report(args: argparse.Namespace, images: int, rate: dict[str, float], p_fake: dict) -> None:
     import torch
 
     print(f"machine: {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads, all sides on the CPU; "
           f"python {sys.version.split()[0]}, torch {torch.__version__}")
-    print(f"CIFAKE test images from {args.data_dir}, checkpoint {args.checkpoint}, best of {args.repeats}")
+    print(f"{images:,} CIFAKE test images from {args.data_dir}, checkpoint {args.checkpoint}, "
+          f"best of {args.repeats}")
     for name, value in rate.items():
-        print(f"{name:>32}: {value:8,.1f} images/s over {counts[name]:,} images")
+        print(f"{name:>32}: {value:8,.1f} images/s")
     ours, *pipelines = rate
-    gap = max(np.abs(p_fake[ours][: counts[name]] - p_fake[name]).max() for name in pipelines)
+    gap = max(np.abs(p_fake[ours] - p_fake[name]).max() for name in pipelines)
     print(f"max |P(FAKE) difference| vitdetect vs pipeline: {gap:.2e}")
     for name in reversed(pipelines):
         print_ratio(f"images/s, vitdetect / {name}", rate[ours] / rate[name], TARGET)

@@ -24,6 +24,7 @@ from _common import (
     base_parser,
     cifake_subset,
     print_ratio,
+    rss_text,
     run_benchmark,
     save_random_model,
     timer,
@@ -112,7 +113,7 @@ def report(args: argparse.Namespace, results: dict[str, dict]) -> None:
     for name, result in results.items():
         rates[name] = result["train_images"] * args.epochs / result["seconds"]
         print(f"{name:>9}: {rates[name]:8,.1f} training images/s ({result['train_images']} x {args.epochs} "
-              f"in {result['seconds']:.1f} s)   peak RSS {result['peak_rss_mb']:,.0f} MB")
+              f"in {result['seconds']:.1f} s)   {rss_text(result)}")
     print_ratio("training images/s, vitdetect / Trainer", rates["vitdetect"] / rates["baseline"], TARGET)
 
 

@@ -81,3 +81,22 @@ def evaluated_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         result = CliRunner().invoke(app, args)
         assert result.exit_code == 0, result.output
     return results
+
+
+def run_main(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
+    """`vitdetect ARGS` in-process through the console-script entry point: (exit code, stdout, stderr)."""
+    from vitdetect.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(arg) for arg in args])
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def user_error(result: tuple[int, str, str], code: int | None = None) -> str:
+    """Assert that a command failed with one `error: ...` line on stderr and no traceback; return the line."""
+    exit_code, out, err = result
+    assert exit_code != 0 and (code is None or exit_code == code), (exit_code, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in out + err, err
+    return lines[0]

@@ -5,8 +5,6 @@ from PIL import Image
 
 from conftest import make_dataset
 from vitdetect.data import (
-    ID2LABEL,
-    LABEL2ID,
     TensorBatches,
     list_split,
     load_split,
@@ -14,6 +12,7 @@ from vitdetect.data import (
     stratified_split,
 )
 from vitdetect.errors import VitdetectError
+from vitdetect.labels import ID2LABEL, LABEL2ID
 
 
 def test_labels_are_explicit_not_alphabetical():

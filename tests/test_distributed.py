@@ -1,7 +1,7 @@
 """One run in two processes (torchrun, gloo on the CPU) gives the numbers one process gives.
 
-Each launch runs under a timeout in its own process group: a process left waiting in a collective
-that another skipped fails the test instead of blocking the suite.
+Each launch runs under a timeout: a process left waiting in a collective that another skipped
+fails the test (and its processes are killed) instead of blocking the suite.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +21,8 @@ from typer.testing import CliRunner
 
 from conftest import make_dataset
 from vitdetect.cli import app
-from vitdetect.data import CLASS_NAMES, list_split, stratified_split
+from vitdetect.data import list_split, stratified_split
+from vitdetect.labels import CLASS_NAMES
 
 pytestmark = pytest.mark.slow
 LAUNCH_TIMEOUT_S = 240
@@ -35,15 +35,27 @@ def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                "--nproc_per_node", str(PROCESSES), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+                            text=True)
     try:
         stdout, stderr = proc.communicate(timeout=LAUNCH_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers
+        kill_tree(proc.pid)
         stdout, stderr = proc.communicate()
         pytest.fail(f"still running after {LAUNCH_TIMEOUT_S}s (a hang?):\n{stderr[-3000:]}")
     assert proc.returncode == 0, f"{stdout}\n{stderr[-5000:]}"
     return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+
+
+def kill_tree(pid: int) -> None:
+    """torchrun and its workers, which run in sessions of their own (killpg would miss them)."""
+    import psutil
+
+    launcher = psutil.Process(pid)
+    for process in [*launcher.children(recursive=True), launcher]:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def evaluate_in_one_process(*args: str) -> None:

@@ -14,7 +14,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from vitdetect.data import CLASS_NAMES
+from vitdetect.labels import CLASS_NAMES
 from vitdetect.errors import VitdetectError
 from vitdetect.images import is_image_path
 from vitdetect.progress import Reporter

@@ -12,13 +12,14 @@ import json
 import pickle
 import random
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from vitdetect.atomic import atomic_write, atomic_write_dir
+from vitdetect.atomic import atomic_torch_save, atomic_write_dir, write_failures_as_os_errors
 from vitdetect.errors import VitdetectError
 from vitdetect.transforms import Preprocessing
 
@@ -51,7 +52,7 @@ def model_payload(
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    atomic_torch_save(path, payload)
 
 
 def save_pretrained_dir(path: Path, model: torch.nn.Module, prep: Preprocessing) -> None:
@@ -66,8 +67,9 @@ def save_pretrained_dir(path: Path, model: torch.nn.Module, prep: Preprocessing)
     )
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
+        with write_failures_as_os_errors():
+            model.save_pretrained(tmp)
+            processor.save_pretrained(tmp)
 
     atomic_write_dir(path, write)
 
@@ -80,7 +82,9 @@ def load_checkpoint(path: Path, kind: str | None = None) -> dict[str, Any]:
     if path.is_dir():
         raise VitdetectError(f"checkpoint path is a directory, not a file: {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickles; the error below says it all
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # the weights-only unpickler refused something
         code = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if code:

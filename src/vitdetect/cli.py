@@ -6,6 +6,7 @@ Heavy libraries (torch, transformers) are imported inside the commands so `--hel
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ try:  # typer >= 0.20 ships its own copy of click
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
 except ImportError:
     from click.exceptions import ClickException, NoArgsIsHelpError
-from vitdetect.errors import VitdetectError
+from vitdetect.errors import Terminated, UsageError, VitdetectError
 from vitdetect.settings import (
     DownloadSettings,
     EvaluateSettings,
@@ -59,9 +60,13 @@ def user_errors(command: F) -> F:
         except VitdetectError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
+        except OSError as exc:  # disk full, permission denied, ...: the system's reason and the path
+            where = f"{exc.filename}: " if exc.filename else ""
+            typer.echo(f"error: {where}{exc.strerror or exc}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated) outside the training loop
             typer.echo("error: interrupted", err=True)
-            raise typer.Exit(130) from None
+            raise typer.Exit(getattr(exc, "exit_code", 130)) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -108,6 +113,7 @@ def train(
     seed: int = described(TrainSettings, "seed", "--seed"),
     augment: bool = described(TrainSettings, "augment", "--augment/--no-augment"),
     rotation_degrees: float = described(TrainSettings, "rotation_degrees", "--rotation-degrees"),
+    color_jitter: bool = described(TrainSettings, "color_jitter", "--color-jitter/--no-color-jitter"),
     feature_cache: bool = described(TrainSettings, "feature_cache", "--feature-cache/--no-feature-cache"),
     feature_views: int = described(TrainSettings, "feature_views", "--feature-views"),
     mixed_precision: MixedPrecision = described(TrainSettings, "mixed_precision", "--mixed-precision"),
@@ -127,6 +133,8 @@ def train(
     from vitdetect.distributed import is_main_process
 
     if resume is not None:
+        if config is not None:
+            raise UsageError("--config cannot be combined with --resume: a resumed run keeps its saved settings")
         settings = training.resume_settings(resume, flags)
     else:
         settings = build_settings(TrainSettings, config, **flags)
@@ -295,6 +303,7 @@ def print_train_summary(result) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry: usage errors become one line on stderr with exit code 2."""
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         code = app(args=argv, standalone_mode=False)
     except NoArgsIsHelpError as exc:
@@ -306,4 +315,11 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         typer.echo("error: interrupted", err=True)
         code = 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     sys.exit(code or 0)
+
+
+def raise_terminated(signum: int, frame: Any) -> None:
+    """SIGTERM unwinds like Ctrl-C: atomic writes remove their temp files, the exit code is 143."""
+    raise Terminated

@@ -18,14 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vitdetect.atomic import atomic_write
+from vitdetect.atomic import atomic_torch_save, atomic_write_text
 from vitdetect.errors import VitdetectError
 from vitdetect.images import ImageDecodeError, decode_rgb, is_image_path
+from vitdetect.labels import CLASS_NAMES, ID2LABEL, LABEL2ID, POSITIVE_CLASS  # noqa: F401 - re-exported
 
-CLASS_NAMES = ("REAL", "FAKE")
-LABEL2ID = {name: index for index, name in enumerate(CLASS_NAMES)}
-ID2LABEL = dict(enumerate(CLASS_NAMES))
-POSITIVE_CLASS = "FAKE"
 
 
 @dataclass
@@ -173,7 +170,7 @@ def load_split(
         payload = {"images": images, "kept": kept, "failures": [list(f) for f in failures]}
         try:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(cache_file, lambda tmp: torch.save(payload, tmp))
+            atomic_torch_save(cache_file, payload)
         except OSError:
             pass  # the cache is an optimisation: an unwritable cache dir only costs time
     return _image_set(image_list, images, kept, failures)
@@ -192,7 +189,7 @@ def write_skipped(image_set: ImageSet, output_dir: Path) -> Path | None:
         return None
     target = output_dir / "skipped_images.json"
     text = json.dumps([{"path": p, "reason": r} for p, r in image_set.skipped], indent=2)
-    atomic_write(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    atomic_write_text(target, text)
     return target
 
 

@@ -14,3 +14,9 @@ class UsageError(VitdetectError):
 
     def __init__(self, message: str):
         super().__init__(message, exit_code=2)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that temp files are removed on the way out; exit code 143."""
+
+    exit_code = 143

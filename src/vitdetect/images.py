@@ -75,7 +75,7 @@ def decode_rgb(source: str | Path | bytes | Image.Image, size: int | None = None
     except Image.UnidentifiedImageError:
         empty = not source if isinstance(source, bytes) else Path(source).stat().st_size == 0
         raise ImageDecodeError("empty file" if empty else "not an image (or an unsupported format)") from None
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+    except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise many types (struct.error, ...) on hostile files
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ImageDecodeError(f"cannot decode image: {detail}") from None
     if size is not None and rgb.size != (size, size):

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from vitdetect.data import ID2LABEL, LABEL2ID
+from vitdetect.labels import ID2LABEL, LABEL2ID
 from vitdetect.errors import UsageError, VitdetectError
 from vitdetect.settings import SCRATCH_PREFIX, TrainMode
 

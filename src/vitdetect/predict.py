@@ -26,10 +26,11 @@ from rich.table import Table
 from rich.text import Text
 
 from vitdetect.atomic import atomic_write_text
-from vitdetect.data import ID2LABEL, POSITIVE_CLASS, decode_images
+from vitdetect.data import decode_images
 from vitdetect.errors import UsageError, VitdetectError
 from vitdetect.images import IMAGE_EXTENSIONS, is_image_path
 from vitdetect.inference import TrainedModel, fake_probabilities, make_inference_accelerator
+from vitdetect.labels import ID2LABEL, POSITIVE_CLASS
 from vitdetect.metrics import classify
 from vitdetect.progress import Reporter
 from vitdetect.settings import OutputFormat, PredictSettings
@@ -37,7 +38,7 @@ from vitdetect.settings import OutputFormat, PredictSettings
 ImageSource = str | Path | bytes | Image.Image
 FIELDS = ("path", "label", "p_fake", "confidence", "error")
 JSON_SUFFIXES = frozenset({".json", ".jsonl", ".ndjson"})
-DEFAULT_CHUNK = 1024  # images decoded and held at once: bounds memory on huge folders
+DEFAULT_CHUNK = 512  # images decoded and held at once: flat memory on huge folders, a lively bar
 
 
 @dataclass(frozen=True)
@@ -242,9 +243,6 @@ class PredictRun:
 
 def run(settings: PredictSettings, patterns: Sequence[str], reporter: Reporter | None = None) -> PredictRun:
     """`vitdetect predict`: find the images, judge them, write --output; the caller prints."""
-    if not settings.checkpoint.exists():
-        raise UsageError(f"checkpoint not found: {settings.checkpoint} "
-                         "(train one with `vitdetect train`, or pass --checkpoint)")
     found = find_images(patterns, settings.recursive)
     if settings.output:
         check_output(settings.output)

@@ -87,6 +87,7 @@ class TrainSettings(_Settings):
                       description="Seed for the split, initialisation, shuffling, augmentation.")
     augment: bool = Field(True, description="Random flip, rotation and colour jitter on training images.")
     rotation_degrees: float = Field(10.0, ge=0, le=180, description="RandomRotation range, in degrees.")
+    color_jitter: bool = Field(True, description="ColorJitter (brightness, contrast, saturation, hue) in augmentation.")
     feature_cache: bool = Field(
         True, description="Head-only mode: run the frozen backbone once per image view, then train the head."
     )

@@ -22,9 +22,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import ValidationError
 
 from vitdetect import distributed
-from vitdetect.atomic import atomic_write_text
+from vitdetect.atomic import atomic_write_text, remove_leftovers
 from vitdetect.checkpoint import (
     BEST_NAME,
     LAST_NAME,
@@ -45,16 +46,17 @@ from vitdetect.data import (
     stratified_split,
     write_skipped,
 )
-from vitdetect.errors import UsageError, VitdetectError
+from vitdetect.errors import Terminated, UsageError, VitdetectError
 from vitdetect.metrics import epoch_metrics
 from vitdetect.model import load_model, model_from_config, set_trainable
 from vitdetect.progress import Reporter
-from vitdetect.settings import TrainMode, TrainSettings
+from vitdetect.settings import TrainMode, TrainSettings, build_settings
 from vitdetect.transforms import Preprocessing, build_augmentation, to_model_input
 
 EPOCH_HISTORY_NAME = "history.csv"
 BATCH_HISTORY_NAME = "batch_history.csv"
 CONFIG_NAME = "config.json"
+ARTIFACT_NAMES = (BEST_NAME, LAST_NAME, PRETRAINED_DIR_NAME, CONFIG_NAME, EPOCH_HISTORY_NAME, BATCH_HISTORY_NAME)
 # Settings a resumed run may change: none of them alters what the finished run means.
 RESUMABLE_CHANGES = frozenset({"epochs", "quiet", "num_workers", "cache_dir"})
 
@@ -98,6 +100,7 @@ def train(settings: TrainSettings, reporter: Reporter | None = None, resume: Pat
     output_dir = settings.output_dir
     if accelerator.is_main_process:
         prepare_output_dir(output_dir)
+        remove_leftovers(output_dir, ARTIFACT_NAMES)  # temp files of a killed run
 
     resumed = load_checkpoint(resume, kind="last") if resume else None
     set_seed(settings.seed)
@@ -126,7 +129,7 @@ def train(settings: TrainSettings, reporter: Reporter | None = None, resume: Pat
         write_config(output_dir, settings, prep, trainable, total, accelerator.num_processes)
 
     model.to(accelerator.device)
-    augmentation = build_augmentation(settings.rotation_degrees) if settings.augment else None
+    augmentation = build_augmentation(settings.rotation_degrees, settings.color_jitter) if settings.augment else None
     use_features = settings.train_mode == TrainMode.head and settings.feature_cache
     if use_features:
         # Building a fresh model and rebuilding a resumed one draw different amounts of randomness:
@@ -307,7 +310,10 @@ def make_optimizer(module: torch.nn.Module, settings: TrainSettings) -> torch.op
         {"params": [p for p in params if p.ndim >= 2], "weight_decay": settings.weight_decay},
         {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
     ]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.lr)
+    # The fused kernel updates every parameter in one pass: several times faster than the default
+    # per-tensor loop on the CPU, and the usual fast path on CUDA.
+    fused = all(p.device.type in {"cpu", "cuda"} for p in params)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.lr, fused=fused or None)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings, steps_per_epoch: int):
@@ -352,10 +358,8 @@ def run_epoch(
                 optimizer.zero_grad(set_to_none=True)
             gathered = accelerator.gather_for_metrics((sample_losses.detach(), logits.argmax(-1), targets))
             if not torch.isfinite(gathered[0]).all():
-                raise VitdetectError(
-                    f"non-finite loss at epoch {epoch}, batch {step} ({name}); stopped, the last good "
-                    f"checkpoints in {settings.output_dir} are kept (try a lower --lr)"
-                )
+                raise VitdetectError(f"non-finite loss at epoch {epoch}, batch {step} ({name}); training stopped, "
+                                     f"{saved_so_far(epoch, settings.output_dir)} (try a lower --lr)")
             for store, values in zip((losses, predictions, labels), gathered, strict=True):
                 store.append(values.cpu())
             batch_loss = gathered[0].mean().item()
@@ -372,6 +376,8 @@ def interruption_guard() -> Iterator[Callable[[], int]]:
     received = {"signum": 0}
 
     def handler(signum, _frame) -> None:
+        if received["signum"]:  # asked twice: stop now rather than at the end of the batch
+            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
         received["signum"] = signum
 
     previous = {}
@@ -388,11 +394,17 @@ def interruption_guard() -> Iterator[Callable[[], int]]:
 
 
 def interruption_message(signum: int, epoch: int, output_dir: Path) -> str:
-    last = output_dir / LAST_NAME
+    saved, saved_path = saved_so_far(epoch, output_dir), output_dir / LAST_NAME
     if epoch > 1:
-        return (f"interrupted during epoch {epoch}; epoch {epoch - 1} is saved in {last}. "
-                f"Resume with: vitdetect train --resume {last}")
-    return "interrupted during epoch 1, before any epoch completed: nothing to resume, start again"
+        return f"interrupted during epoch {epoch}; {saved}. Resume with: vitdetect train --resume {saved_path}"
+    return f"interrupted during epoch 1; {saved}: start again"
+
+
+def saved_so_far(epoch: int, output_dir: Path) -> str:
+    """What is on disk when epoch stops before its end: the previous epoch's last.pth, or nothing."""
+    if epoch > 1:
+        return f"epoch {epoch - 1} is saved in {output_dir / LAST_NAME}"
+    return "no epoch had completed, nothing is saved"
 
 
 def save_best(output_dir: Path, model, settings, prep, epoch: int, metrics: dict[str, float]) -> None:
@@ -430,14 +442,20 @@ def restore_training(resumed: dict[str, Any], optimizer, scheduler, accelerator)
 def resume_settings(checkpoint: Path, flags: dict[str, Any]) -> TrainSettings:
     """The settings saved in last.pth, with the given flags applied where they keep the run's meaning."""
     saved = load_checkpoint(checkpoint, kind="last")["settings"]
-    base = TrainSettings(**saved)
-    changed = {k: v for k, v in flags.items() if v is not None and TrainSettings(**{**saved, k: v}) != base}
-    refused = sorted(set(changed) - RESUMABLE_CHANGES)
+    try:
+        base = TrainSettings(**saved)
+    except (TypeError, ValidationError):
+        raise VitdetectError(f"cannot resume from {checkpoint}: its saved settings are not valid for this "
+                             "version of vitdetect") from None
+    given = {name: value for name, value in flags.items() if value is not None}
+    requested = build_settings(TrainSettings, None, **{**base.model_dump(), **given})
+    refused = sorted(name for name in given
+                     if getattr(requested, name) != getattr(base, name) and name not in RESUMABLE_CHANGES)
     if refused:
         names = ", ".join("--" + name.replace("_", "-") for name in refused)
         raise UsageError(f"cannot change {names} when resuming (the run would mean something else); "
                          f"only --epochs and output options may change")
-    return TrainSettings(**{**saved, **changed})
+    return requested
 
 
 def write_config(output_dir: Path, settings: TrainSettings, prep: Preprocessing, trainable: int, total: int,

@@ -38,15 +38,16 @@ class Preprocessing:
         )
 
 
-def build_augmentation(rotation_degrees: float) -> torch.nn.Module:
-    """Per-sample RandomHorizontalFlip, RandomRotation and ColorJitter on a batch in [0, 1]."""
+def build_augmentation(rotation_degrees: float, color_jitter: bool = True) -> torch.nn.Module:
+    """Per-sample RandomHorizontalFlip, RandomRotation (when degrees > 0) and ColorJitter on a batch in [0, 1]."""
     import kornia.augmentation as K
 
-    return torch.nn.Sequential(
-        K.RandomHorizontalFlip(p=0.5),
-        K.RandomRotation(degrees=rotation_degrees, p=1.0),
-        K.ColorJitter(**JITTER, p=1.0),
-    )
+    steps = [K.RandomHorizontalFlip(p=0.5)]
+    if rotation_degrees > 0:
+        steps.append(K.RandomRotation(degrees=rotation_degrees, p=1.0))
+    if color_jitter:
+        steps.append(K.ColorJitter(**JITTER, p=1.0))
+    return torch.nn.Sequential(*steps)
 
 
 def to_model_input(

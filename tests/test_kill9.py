@@ -1,0 +1,87 @@
+"""kill -9 at random moments of training: what is on disk is always a complete old or new version."""
+
+import csv
+import json
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+
+from vitdetect.checkpoint import BEST_NAME, LAST_NAME, PRETRAINED_DIR_NAME, load_checkpoint
+from vitdetect.model import model_from_config
+from vitdetect.train import ARTIFACT_NAMES
+
+KILLS = 4
+# What a write killed mid-way may leave: hidden temp files and folders, never a file under a final name.
+LEFTOVER = re.compile(rf"\.({'|'.join(map(re.escape, ARTIFACT_NAMES))})\.(\w+\.tmp|old)|\.write-test")
+
+
+def assert_complete(results):
+    """Every artifact present loads in full; anything else is a hidden leftover of a killed write."""
+    names = {path.name for path in results.iterdir()}
+    assert all(name in ARTIFACT_NAMES or LEFTOVER.fullmatch(name) for name in names), sorted(names)
+    for name, kind in ((BEST_NAME, "best"), (LAST_NAME, "last")):
+        if (results / name).exists():
+            payload = load_checkpoint(results / name, kind=kind)
+            model_from_config(payload["model_config"], payload["state_dict"])
+    if (results / PRETRAINED_DIR_NAME).exists():
+        from transformers import ViTForImageClassification
+
+        ViTForImageClassification.from_pretrained(results / PRETRAINED_DIR_NAME)
+    if (results / "config.json").exists():
+        json.loads((results / "config.json").read_text())
+    for name in ("history.csv", "batch_history.csv"):
+        if (results / name).exists():
+            with open(results / name, newline="") as handle:
+                assert len({len(row) for row in csv.reader(handle)}) <= 1, name  # no half-written row
+
+
+def history_mtime(results):
+    try:
+        return (results / "history.csv").stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
+def test_kill_9_at_random_moments_leaves_only_complete_files_and_the_run_resumes(tiny_data, tmp_path):
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    results = tmp_path / "results"
+
+    def train(*flags, epochs=100_000):
+        if (results / LAST_NAME).exists():
+            return [sys.executable, "-m", "vitdetect", "train", "--resume", str(results / LAST_NAME), *flags]
+        return [sys.executable, "-m", "vitdetect", "train", "--data-dir", str(tiny_data), "--output-dir",
+                str(results), "--model", "scratch:vit-micro-32", "--batch-size", "16", "--epochs", str(epochs),
+                "--patience", "100000", "--log-every", "1", "--cache-dir", str(tmp_path / "cache"), "--quiet",
+                "--cpu"]
+
+    kills = []
+    for attempt in range(KILLS):
+        before = history_mtime(results)
+        process = subprocess.Popen(train(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        started = time.monotonic()
+        if attempt == 0:  # any moment of a first run: start-up and the decoded-image cache included
+            time.sleep(rng.uniform(0, 10))
+        else:  # once this run has saved an epoch, anywhere in the next ones (saving is most of an epoch)
+            while history_mtime(results) == before and process.poll() is None and time.monotonic() - started < 120:
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0, 1.5))
+        assert process.poll() is None, process.stderr.read().decode()
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+        process.stderr.close()
+        kills.append(round(time.monotonic() - started, 2))
+        try:
+            assert_complete(results)
+        except AssertionError as exc:
+            raise AssertionError(f"random seed {seed}, kill -9 after {kills} s: {exc}") from exc
+
+    epoch = load_checkpoint(results / LAST_NAME, kind="last")["epoch"] if (results / LAST_NAME).exists() else 0
+    finished = subprocess.run(train("--epochs", str(epoch + 1)) if epoch else train(epochs=1),
+                              capture_output=True, text=True)
+    assert finished.returncode == 0, f"random seed {seed}, kill -9 after {kills} s: {finished.stderr}"
+    assert load_checkpoint(results / LAST_NAME, kind="last")["epoch"] == epoch + 1
+    assert {path.name for path in results.iterdir()} <= set(ARTIFACT_NAMES)  # the leftovers are gone
