@@ -33,10 +33,13 @@ MODEL_NAME = "model"
 Side = Callable[[argparse.Namespace, Path], dict]
 
 
-def base_parser(description: str, sides: list[str], images: int) -> argparse.ArgumentParser:
+def base_parser(description: str, sides: list[str], images: int, repeats: int = 1) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data-dir", type=Path, default=REAL_CIFAKE, help="CIFAKE root holding train/")
     parser.add_argument("--images", type=int, default=images, help="images drawn from train/, half per class")
+    parser.add_argument("--repeats", type=int, default=repeats,
+                        help="run the sides this many times, alternating, and keep each side's fastest run "
+                        "(less noise from other load on the machine)")
     parser.add_argument("--side", choices=sides, help="run only this side")
     parser.add_argument("--work-dir", type=Path, help="inputs prepared by the parent run (internal)")
     return parser
@@ -119,12 +122,21 @@ def timer() -> Iterator[dict[str, float]]:
         elapsed["seconds"] = time.perf_counter() - started
 
 
+def fresh_dir(work_dir: Path, name: str) -> Path:
+    """A new folder in the work dir: every run of a side starts without the outputs and caches of another."""
+    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=work_dir))
+
+
 Prepare = Callable[[argparse.Namespace, Path], None]
 Report = Callable[[argparse.Namespace, dict[str, dict]], None]
 
 
-def run_benchmark(parser: argparse.ArgumentParser, prepare: Prepare, sides: dict[str, Side], report: Report) -> None:
-    """Prepare the inputs, run each side in its own process (or only --side), then report."""
+def run_benchmark(parser: argparse.ArgumentParser, prepare: Prepare, sides: dict[str, Side], report: Report,
+                  cost: Callable[[dict], float]) -> None:
+    """Prepare the inputs, run each side in its own process (or only --side), then report.
+
+    With --repeats N the sides run N times, alternating, and each side's run of lowest cost is reported.
+    """
     args = parser.parse_args()
     if args.side:
         with prepared_dir(args, prepare) as work_dir:
@@ -133,8 +145,10 @@ def run_benchmark(parser: argparse.ArgumentParser, prepare: Prepare, sides: dict
         return
     print(f"machine: {os.cpu_count()} CPU cores, {machine_accelerator()}; python {sys.version.split()[0]}")
     with prepared_dir(args, prepare) as work_dir:
-        results = {side: run_side(side, work_dir) for side in sides}
-    report(args, results)
+        runs = [{side: run_side(side, work_dir) for side in sides} for _ in range(args.repeats)]
+    if args.repeats > 1:
+        print(f"\neach side's best of {args.repeats} alternating runs:")
+    report(args, {side: min((run[side] for run in runs), key=cost) for side in sides})
 
 
 @contextmanager

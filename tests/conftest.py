@@ -100,3 +100,16 @@ def user_error(result: tuple[int, str, str], code: int | None = None) -> str:
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in out + err, err
     return lines[0]
+
+
+@pytest.fixture
+def single_thread(monkeypatch: pytest.MonkeyPatch):
+    """Tiny models on a busy 2-core machine: with one thread (here and in subprocesses) torch skips OpenMP
+    spin-waits, which made a tiny training run 5-10x slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

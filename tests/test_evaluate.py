@@ -144,29 +144,36 @@ def test_set_threshold_at_fpr_is_stored_and_used(evaluated_run, tmp_path):
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["threshold"] == stored
 
 
-def run_error(args, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "vitdetect", "evaluate", *args, "--output-dir",
-                           str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path)
-    assert proc.returncode != 0
-    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
+def error_of(args, tmp_path):
+    """The one-line error of an evaluate that must fail before writing anything."""
     out = tmp_path / "out"
+    result = runner.invoke(app, ["evaluate", *args, "--output-dir", str(out), "--cache-dir", str(tmp_path / "c")])
+    assert result.exit_code != 0 and isinstance(result.exception, SystemExit), result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
     assert not out.exists() or not any(out.iterdir())  # nothing half-written
-    return proc.stderr
+    return result.output
+
+
+def test_missing_checkpoint_is_one_line_in_a_real_process(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "vitdetect", "evaluate", "--checkpoint", "missing.pth"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip() == "error: checkpoint not found: missing.pth (train one with `vitdetect train`)"
 
 
 def test_errors_are_one_line(evaluated_run, tmp_path):
     data = str(evaluated_run.parent / "cifake")
-    assert "vitdetect train" in run_error(["--checkpoint", "missing.pth", "--data-dir", data], tmp_path)
     (tmp_path / "damaged.pth").write_bytes(os.urandom(2048))
-    assert "damaged" in run_error(["--checkpoint", "damaged.pth", "--data-dir", data], tmp_path)
+    assert "damaged" in error_of(["--checkpoint", str(tmp_path / "damaged.pth"), "--data-dir", data], tmp_path)
     torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pth")
-    assert "not a vitdetect checkpoint" in run_error(["--checkpoint", "other.pth", "--data-dir", data],
-                                                     tmp_path)
+    assert "not a vitdetect checkpoint" in error_of(["--checkpoint", str(tmp_path / "other.pth")], tmp_path)
     checkpoint = str(evaluated_run / "best_model.pth")
-    assert "no 'validation' folder" in run_error(["--checkpoint", checkpoint, "--data-dir", data,
-                                                   "--split", "validation"], tmp_path)
-    assert "--set-threshold-at-fpr" in run_error(["--checkpoint", checkpoint,
-                                                  "--set-threshold-at-fpr", "1.5"], tmp_path)
+    assert "no 'validation' folder" in error_of(["--checkpoint", checkpoint, "--data-dir", data,
+                                                  "--split", "validation"], tmp_path)
+    assert "data dir not found" in error_of(["--checkpoint", checkpoint, "--data-dir", str(tmp_path / "no")],
+                                            tmp_path)
+    assert "--set-threshold-at-fpr" in error_of(["--checkpoint", checkpoint, "--set-threshold-at-fpr", "1.5"],
+                                                tmp_path)
 
 
 @pytest.mark.slow

@@ -15,6 +15,8 @@ from conftest import run_main, user_error
 from vitdetect import train as training
 from vitdetect.checkpoint import load_checkpoint
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 def epoch_rows(results):
     """history.csv as numbers, without the wall-clock column."""

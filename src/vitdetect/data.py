@@ -20,7 +20,7 @@ import torch
 
 from vitdetect.atomic import atomic_torch_save, atomic_write_text
 from vitdetect.errors import VitdetectError
-from vitdetect.images import ImageDecodeError, decode_rgb, is_image_path
+from vitdetect.images import ImageDecodeError, decode_rgb, is_image_path, open_image
 from vitdetect.labels import CLASS_NAMES, ID2LABEL, LABEL2ID, POSITIVE_CLASS  # noqa: F401 - re-exported
 
 
@@ -89,12 +89,10 @@ def list_split(data_dir: Path, split: str) -> ImageList:
 
 def common_size(paths: list[Path], sample: int = 64) -> int | None:
     """The side length most of a sample of images share (CIFAKE: 32); None if they are not square."""
-    from PIL import Image
-
     sizes: Counter[tuple[int, int]] = Counter()
     for path in paths[:: max(1, len(paths) // sample)][:sample]:
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 sizes[image.size] += 1
         except Exception:  # noqa: BLE001 - unreadable files are reported when decoded
             continue

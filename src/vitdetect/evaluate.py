@@ -17,9 +17,9 @@ import numpy as np
 from vitdetect.atomic import atomic_write_text
 from vitdetect.checkpoint import save_checkpoint
 from vitdetect.data import ImageSet, list_split, load_split, write_skipped
-from vitdetect.labels import CLASS_NAMES
 from vitdetect.errors import VitdetectError
 from vitdetect.inference import TrainedModel, fake_probabilities, make_inference_accelerator
+from vitdetect.labels import CLASS_NAMES
 from vitdetect.metrics import (
     METRICS_NAME,
     PREDICTIONS_NAME,

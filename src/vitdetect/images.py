@@ -41,7 +41,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _open(source: str | Path | bytes) -> Image.Image:
+def open_image(source: str | Path | bytes) -> Image.Image:
     """Image.open (header only) with Pillow's decompression-bomb warning raised as an error."""
     with _OPEN_LOCK, warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -64,7 +64,7 @@ def decode_rgb(source: str | Path | bytes | Image.Image, size: int | None = None
         if isinstance(source, Image.Image):
             rgb = _first_frame_rgb(source)
         else:
-            with _open(source) as image:
+            with open_image(source) as image:
                 rgb = _first_frame_rgb(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageDecodeError("image too large to decode safely (decompression-bomb limit)") from None

@@ -35,7 +35,7 @@ class TrainedModel:
     @classmethod
     def load(cls, path: Path) -> TrainedModel:
         payload = load_checkpoint(path)
-        model = model_from_config(payload["model_config"], payload["state_dict"])
+        model = model_from_config(payload["model_config"], payload["state_dict"], source=path)
         prep = Preprocessing.from_dict(payload["preprocessing"])
         threshold = float(payload.get("threshold") or DEFAULT_THRESHOLD)
         return cls(model, prep, threshold, payload)

@@ -86,8 +86,10 @@ def set_trainable(model: torch.nn.Module, mode: str, last_blocks: int = 2) -> tu
     return trainable, total
 
 
-def model_from_config(config_dict: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """Rebuild a model from a checkpoint's config and weights, with no download."""
+def model_from_config(
+    config_dict: dict[str, Any], state_dict: dict[str, torch.Tensor], source: object = None
+) -> torch.nn.Module:
+    """Rebuild a model from a checkpoint's config and weights, with no download; source names it in errors."""
     from transformers import ViTConfig, ViTForImageClassification
 
     try:
@@ -97,5 +99,6 @@ def model_from_config(config_dict: dict[str, Any], state_dict: dict[str, torch.T
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
         detail = lines[1] if len(lines) > 1 else lines[0]  # torch puts the first mismatch on line 2
         detail = detail if len(detail) <= 160 else detail[:157] + "..."
-        raise VitdetectError(f"checkpoint weights do not fit its model: {detail}") from None
+        where = f" in {source}" if source else ""
+        raise VitdetectError(f"checkpoint weights{where} do not fit its model: {detail}") from None
     return model.eval()

@@ -17,6 +17,7 @@ import numpy as np
 
 from vitdetect.atomic import atomic_write
 from vitdetect.errors import VitdetectError
+from vitdetect.labels import CLASS_NAMES, POSITIVE_CLASS
 from vitdetect.metrics import (
     METRICS_NAME,
     PREDICTIONS_NAME,
@@ -32,7 +33,7 @@ BATCH_HISTORY_NAME = "batch_history.csv"
 FORMATS = ("png", "svg", "pdf")
 DPI = 150
 # seaborn's colour-blind palette: blue, vermillion, green, pink; dark grey for reference lines.
-CLASS_COLOURS = {"REAL": "#0173b2", "FAKE": "#d55e00"}
+CLASS_COLOURS = dict(zip(CLASS_NAMES, ("#0173b2", "#d55e00"), strict=True))
 SPLIT_COLOURS = {"train": "#029e73", "validation": "#cc78bc"}
 GUIDE = "#404040"
 HISTOGRAM_BINS = 50
@@ -211,7 +212,7 @@ def draw_roc_curve(figure, metrics: dict, predictions: Predictions) -> None:
     if metrics["roc_auc"] is None:
         return undefined(ax, "ROC curve", metrics)
     fpr, tpr, _ = roc_curve(predictions.labels, predictions.p_fake, pos_label=1)
-    ax.plot(fpr, tpr, color=CLASS_COLOURS["FAKE"], linewidth=2, label=f"ROC (AUC = {metrics['roc_auc']:.4f})")
+    ax.plot(fpr, tpr, color=CLASS_COLOURS[POSITIVE_CLASS], linewidth=2, label=f"ROC (AUC = {metrics['roc_auc']:.4f})")
     ax.plot([0, 1], [0, 1], color=GUIDE, linestyle="--", linewidth=1, label="chance (AUC = 0.5)")
     point_fpr, point_tpr = operating_point(predictions, metrics["threshold"])
     ax.scatter([point_fpr], [point_tpr], color=GUIDE, zorder=3, s=40,
@@ -240,7 +241,7 @@ def draw_pr_curve(figure, metrics: dict, predictions: Predictions) -> None:
     if metrics["pr_auc"] is None:
         return undefined(ax, "Precision-recall curve", metrics)
     precision, recall, _ = precision_recall_curve(predictions.labels, predictions.p_fake, pos_label=1)
-    ax.plot(recall, precision, color=CLASS_COLOURS["FAKE"], linewidth=2, drawstyle="steps-post",
+    ax.plot(recall, precision, color=CLASS_COLOURS[POSITIVE_CLASS], linewidth=2, drawstyle="steps-post",
             label=f"precision-recall (AP = {metrics['pr_auc']:.4f})")
     prevalence = float(np.mean(predictions.labels == 1))
     ax.axhline(prevalence, color=GUIDE, linestyle="--", linewidth=1, label=f"chance (AP = {prevalence:.3f})")
@@ -272,7 +273,7 @@ def draw_calibration(figure, metrics: dict, predictions: Predictions) -> None:
     bins = metrics["ece_bins"]
     fraction_fake, mean_p_fake, counts = calibration_bins(predictions.labels, predictions.p_fake, bins)
     top.plot([0, 1], [0, 1], color=GUIDE, linestyle="--", linewidth=1, label="perfectly calibrated")
-    top.plot(mean_p_fake, fraction_fake, marker="o", color=CLASS_COLOURS["FAKE"], linewidth=2,
+    top.plot(mean_p_fake, fraction_fake, marker="o", color=CLASS_COLOURS[POSITIVE_CLASS], linewidth=2,
              label=f"model (ECE = {metrics['ece']:.4f})")
     top.set(xlim=(0, 1), ylim=(-0.01, 1.01), ylabel="observed share of FAKE",
             title=f"Reliability diagram ({metrics['ece_bins']} equal-width bins)\n{subtitle(metrics)}")

@@ -105,7 +105,7 @@ def train(settings: TrainSettings, reporter: Reporter | None = None, resume: Pat
     resumed = load_checkpoint(resume, kind="last") if resume else None
     set_seed(settings.seed)
     if resumed:
-        model = model_from_config(resumed["model_config"], resumed["state_dict"])
+        model = model_from_config(resumed["model_config"], resumed["state_dict"], source=resume)
         mean, std = resumed["preprocessing"]["mean"], resumed["preprocessing"]["std"]
     else:
         model, (mean, std) = load_model(settings.model)
