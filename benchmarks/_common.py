@@ -79,6 +79,16 @@ def save_random_model(preset: str, dest: Path, seed: int = 0) -> Path:
     return dest
 
 
+def import_vitdetect_dependencies() -> None:
+    """Import what vitdetect imports inside its functions (so that `vitdetect --help` stays instant):
+    the benchmarks import every library before the clock starts, the baselines' as well as these."""
+    import importlib
+
+    for module in ("accelerate", "kornia.augmentation", "sklearn.metrics", "sklearn.model_selection",
+                   "matplotlib.figure", "seaborn"):
+        importlib.import_module(module)
+
+
 def vitdetect_split(data_dir: Path):
     """The files of data_dir/train with vitdetect's seeded train/validation split: (listed, train_idx, val_idx).
 

@@ -28,6 +28,7 @@ from _common import (
     base_parser,
     cifake_subset,
     fresh_dir,
+    import_vitdetect_dependencies,
     print_ratio,
     rss_text,
     run_benchmark,
@@ -118,6 +119,8 @@ def baseline(args: argparse.Namespace, work_dir: Path) -> dict:
 def vitdetect_side(args: argparse.Namespace, work_dir: Path) -> dict:
     from vitdetect.settings import TrainSettings
     from vitdetect.train import train
+
+    import_vitdetect_dependencies()
 
     settings = TrainSettings(
         data_dir=work_dir / SUBSET_NAME, output_dir=fresh_dir(work_dir, "vitdetect"), model=str(work_dir / MODEL_NAME),

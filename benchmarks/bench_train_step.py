@@ -30,6 +30,7 @@ from _common import (
     base_parser,
     cifake_subset,
     fresh_dir,
+    import_vitdetect_dependencies,
     print_ratio,
     rss_text,
     run_benchmark,
@@ -95,6 +96,8 @@ def vitdetect_side(args: argparse.Namespace, work_dir: Path) -> dict:
     from vitdetect.progress import Reporter
     from vitdetect.settings import TrainSettings
     from vitdetect.train import train
+
+    import_vitdetect_dependencies()
 
     class EpochTimer(Reporter):
         """Times the progress tasks of the training passes ("epoch N train")."""

@@ -52,6 +52,7 @@ def temp_names(results):
         return set()
 
 
+@pytest.mark.slow
 def test_kill_9_at_random_moments_leaves_only_complete_files_and_the_run_resumes(tiny_data, tmp_path):
     seed = random.randrange(2**32)
     rng = random.Random(seed)

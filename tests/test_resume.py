@@ -167,5 +167,5 @@ def test_non_finite_loss_names_epoch_and_batch_and_keeps_the_last_good_checkpoin
 def test_a_diverging_first_epoch_saves_nothing(train_args, tmp_path, capsys):
     message = user_error(run_main(capsys, *train_args, "--lr", "1e30", "--grad-clip", "0"), code=1)
     assert re.fullmatch(r"error: non-finite loss at epoch 1, batch \d+ \(train\); training stopped, no epoch had "
-                        r"completed, nothing is saved \(try a lower --lr\)", message), message
+                        r"completed, no checkpoint is saved \(try a lower --lr\)", message), message
     assert not list((tmp_path / "results").glob("*.pth"))

@@ -1,5 +1,6 @@
 """Checkpoints and caches cannot run code; nothing touches the network unless a hub id asks for it."""
 
+import contextlib
 import os
 import pickle
 import subprocess
@@ -42,8 +43,8 @@ def test_the_payload_is_live_when_loaded_unsafely(tmp_path, evaluated_run):
     real = load_checkpoint(evaluated_run / "last.pth")
     for path in payload_checkpoints(tmp_path, tmp_path / "control", real):
         (tmp_path / "control").unlink(missing_ok=True)
-        code = f"import torch; torch.load({str(path)!r}, weights_only=False)"
-        subprocess.run([sys.executable, "-c", code], capture_output=True)  # the plain pickle then fails
+        with contextlib.suppress(Exception):  # a plain pickle is not torch's legacy format: it fails after
+            torch.load(path, weights_only=False)
         assert (tmp_path / "control").exists(), path
 
 
