@@ -66,8 +66,18 @@ def threshold_at_fpr(labels: np.ndarray, p_fake: np.ndarray, target_fpr: float) 
     return {"tpr": float(tpr[best]), "fpr": float(fpr[best]), "threshold": threshold}
 
 
-def calibration_bins(labels: np.ndarray, p_fake: np.ndarray, n_bins: int = CALIBRATION_BINS):
-    """Non-empty equal-width bins of P(FAKE): (fraction FAKE, mean P(FAKE), image count) per bin."""
+@dataclass
+class CalibrationBins:
+    """Equal-width bins of P(FAKE): edges and image counts of all bins; the curve over the non-empty ones."""
+
+    edges: np.ndarray
+    counts: np.ndarray
+    fraction_fake: np.ndarray  # per non-empty bin, from scikit-learn's calibration_curve
+    mean_p_fake: np.ndarray
+
+
+def calibration_bins(labels: np.ndarray, p_fake: np.ndarray,
+                     n_bins: int = CALIBRATION_BINS) -> CalibrationBins:
     from sklearn.calibration import calibration_curve
 
     fraction_fake, mean_p_fake = calibration_curve(labels, p_fake, n_bins=n_bins, strategy="uniform",
@@ -75,14 +85,15 @@ def calibration_bins(labels: np.ndarray, p_fake: np.ndarray, n_bins: int = CALIB
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     # calibration_curve returns no counts: bin the way it does (searchsorted on the inner edges)
     counts = np.bincount(np.searchsorted(edges[1:-1], p_fake), minlength=n_bins)
-    return fraction_fake, mean_p_fake, counts[counts > 0]
+    return CalibrationBins(edges, counts, fraction_fake, mean_p_fake)
 
 
 def expected_calibration_error(labels: np.ndarray, p_fake: np.ndarray,
                                n_bins: int = CALIBRATION_BINS) -> float:
     """Sum over bins of (share of images) x |fraction FAKE - mean P(FAKE)|, the reliability diagram's gaps."""
-    fraction_fake, mean_p_fake, counts = calibration_bins(labels, p_fake, n_bins)
-    return float(np.sum(counts / counts.sum() * np.abs(fraction_fake - mean_p_fake)))
+    bins = calibration_bins(labels, p_fake, n_bins)
+    shares = bins.counts[bins.counts > 0] / bins.counts.sum()
+    return float(np.sum(shares * np.abs(bins.fraction_fake - bins.mean_p_fake)))
 
 
 def detector_metrics(

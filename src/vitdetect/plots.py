@@ -217,9 +217,10 @@ def draw_roc_curve(figure, metrics: dict, predictions: Predictions) -> None:
     point_fpr, point_tpr = operating_point(predictions, metrics["threshold"])
     ax.scatter([point_fpr], [point_tpr], color=GUIDE, zorder=3, s=40,
                label=f"threshold {metrics['threshold']:.4g}: TPR {point_tpr:.3f} at FPR {point_fpr:.3f}")
+    markers = iter("Ds^v")
     for target, point in metrics["tpr_at_fpr"].items():
         if point is not None:
-            ax.scatter([point["fpr"]], [point["tpr"]], marker="D", s=30, zorder=3,
+            ax.scatter([point["fpr"]], [point["tpr"]], marker=next(markers), color=GUIDE, s=40, zorder=3,
                        label=f"TPR {point['tpr']:.3f} at FPR <= {float(target):.0%}")
     ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal",
            xlabel="false positive rate (REAL called FAKE)", ylabel="true positive rate (FAKE caught)",
@@ -257,30 +258,41 @@ def draw_score_histogram(figure, metrics: dict, predictions: Predictions) -> Non
     bins = np.linspace(0, 1, HISTOGRAM_BINS + 1)
     for index, name in enumerate(metrics["class_names"]):
         scores = predictions.p_fake[predictions.labels == index]
-        ax.hist(scores, bins=bins, color=CLASS_COLOURS[name], alpha=0.55,
+        colour = CLASS_COLOURS[name]
+        ax.hist(scores, bins=bins, color=colour, alpha=0.25)
+        ax.hist(scores, bins=bins, color=colour, histtype="step", linewidth=2,
                 label=f"true {name} ({len(scores):,} images)")
     ax.axvline(metrics["threshold"], color=GUIDE, linestyle="--", linewidth=1.5,
                label=f"threshold {metrics['threshold']:.4g}")
-    ax.set_yscale("log")
+    log_count_axis(ax)
     ax.set(xlim=(0, 1), xlabel="P(FAKE)", ylabel="images per bin (log scale)",
            title=f"Scores per true class ({HISTOGRAM_BINS} bins)\n{subtitle(metrics)}")
-    ax.legend(loc="upper center")
+    figure.legend(loc="outside lower center", ncols=3)
 
 
 def draw_calibration(figure, metrics: dict, predictions: Predictions) -> None:
     figure.set_size_inches(6.5, 7)
     top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
-    bins = metrics["ece_bins"]
-    fraction_fake, mean_p_fake, counts = calibration_bins(predictions.labels, predictions.p_fake, bins)
+    bins = calibration_bins(predictions.labels, predictions.p_fake, metrics["ece_bins"])
     top.plot([0, 1], [0, 1], color=GUIDE, linestyle="--", linewidth=1, label="perfectly calibrated")
-    top.plot(mean_p_fake, fraction_fake, marker="o", color=CLASS_COLOURS[POSITIVE_CLASS], linewidth=2,
+    top.plot(bins.mean_p_fake, bins.fraction_fake, marker="o", color=CLASS_COLOURS[POSITIVE_CLASS], linewidth=2,
              label=f"model (ECE = {metrics['ece']:.4f})")
     top.set(xlim=(0, 1), ylim=(-0.01, 1.01), ylabel="observed share of FAKE",
             title=f"Reliability diagram ({metrics['ece_bins']} equal-width bins)\n{subtitle(metrics)}")
     top.legend(loc="upper left")
-    bottom.bar(mean_p_fake, counts, width=0.9 / metrics["ece_bins"], color=GUIDE, alpha=0.6)
-    bottom.set_yscale("log")
-    bottom.set(xlabel="mean predicted P(FAKE) in the bin", ylabel="images (log)")
+    bottom.stairs(bins.counts, bins.edges, fill=True, color=GUIDE, alpha=0.6)
+    log_count_axis(bottom)
+    bottom.set(xlabel="predicted P(FAKE)", ylabel="images (log)")
+
+
+def log_count_axis(ax) -> None:
+    """A log y axis of counts labelled 10, 30, 100, 300, 1,000...: readable without exponents."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 3.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def subtitle(metrics: dict) -> str:
