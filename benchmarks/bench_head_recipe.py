@@ -112,7 +112,7 @@ def baseline(args: argparse.Namespace, work_dir: Path) -> dict:
             if val_loss < best_loss:
                 best_loss = val_loss
                 torch.save(model.state_dict(), output_dir / "best_model.pth")
-    return {"seconds": elapsed["seconds"], "val_accuracy": history[-1], "train_images": len(train_paths),
+    return {**elapsed, "val_accuracy": history[-1], "train_images": len(train_paths),
             "val_images": len(val_paths), "workers": args.workers}
 
 
@@ -135,7 +135,7 @@ def vitdetect_side(args: argparse.Namespace, work_dir: Path) -> dict:
     epochs = sum(row["seconds"] for row in result.state.epochs)
     print(f"train() {elapsed['seconds']:.1f}s: the {len(result.state.epochs)} epochs on cached features took "
           f"{epochs:.1f}s; the rest is setup and the one backbone pass")
-    return {"seconds": elapsed["seconds"], "val_accuracy": result.state.epochs[-1]["val_accuracy"]}
+    return {**elapsed, "val_accuracy": result.state.epochs[-1]["val_accuracy"]}
 
 
 def report(args: argparse.Namespace, results: dict[str, dict]) -> None:
@@ -143,13 +143,16 @@ def report(args: argparse.Namespace, results: dict[str, dict]) -> None:
     print(f"\n{base['train_images']} train / {base['val_images']} validation real CIFAKE images, {args.epochs} epochs, "
           f"batch {args.batch_size}, scratch:{PRESET}, head only")
     for name, result in results.items():
-        print(f"{name:>9}: {result['seconds']:8.1f} s   final val accuracy {result['val_accuracy']:.4f}   "
+        print(f"{name:>9}: {result['seconds']:8.1f} s (CPU {result['cpu_seconds']:,.0f} s)   "
+              f"final val accuracy {result['val_accuracy']:.4f}   "
               f"{rss_text(result)}")
     # One binomial standard error per accuracy; "within noise": the gap is under two of them combined.
     errors = [math.sqrt(r["val_accuracy"] * (1 - r["val_accuracy"]) / base["val_images"]) for r in (base, fast)]
     gap, noise = abs(base["val_accuracy"] - fast["val_accuracy"]), 2 * math.hypot(*errors)
     print(f"validation accuracy gap {gap:.4f}: {'within' if gap <= noise else 'OUTSIDE'} noise "
           f"(2 standard errors over {base['val_images']} images = {noise:.4f})")
+    print(f"CPU time, baseline / vitdetect: {base['cpu_seconds'] / fast['cpu_seconds']:.2f}x "
+          f"(the work done; on this shared machine less sensitive to other load than the wall time)")
     print_ratio("wall time, baseline / vitdetect", base["seconds"] / fast["seconds"], TARGET)
 
 

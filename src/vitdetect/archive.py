@@ -14,9 +14,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from vitdetect.labels import CLASS_NAMES
 from vitdetect.errors import VitdetectError
 from vitdetect.images import is_image_path
+from vitdetect.labels import CLASS_NAMES
 from vitdetect.progress import Reporter
 
 SPLITS = ("train", "test")

@@ -22,7 +22,7 @@ from vitdetect.atomic import atomic_torch_save, atomic_write_text
 from vitdetect.errors import VitdetectError
 from vitdetect.images import ImageDecodeError, decode_rgb, is_image_path, open_image
 from vitdetect.labels import CLASS_NAMES, ID2LABEL, LABEL2ID, POSITIVE_CLASS  # noqa: F401 - re-exported
-
+from vitdetect.progress import Reporter
 
 
 @dataclass
@@ -172,6 +172,21 @@ def load_split(
         except OSError:
             pass  # the cache is an optimisation: an unwritable cache dir only costs time
     return _image_set(image_list, images, kept, failures)
+
+
+def load_split_reported(
+    data_dir: Path, split: str, size: int | None, cache_dir: Path | None, output_dir: Path, reporter: Reporter
+) -> ImageSet:
+    """load_split with a progress bar; non-images are counted and decode failures listed in output_dir."""
+    with reporter.task(f"decoding {split} images", 0, transient=True) as bar:
+        images = load_split(data_dir, split, size, cache_dir, bar.advance, bar.set_total)
+    if images.ignored:
+        reporter.info(f"ignored {images.ignored} non-image file(s) in {data_dir / split}")
+    if images.skipped:
+        listed = write_skipped(images, output_dir) if reporter.enabled else None
+        where = f"; list in {listed}" if listed else ""
+        reporter.warn(f"skipped {len(images.skipped)} image(s) that failed to decode{where}")
+    return images
 
 
 def _image_set(image_list: ImageList, images: torch.Tensor, kept: list[int], failures: list) -> ImageSet:

@@ -23,9 +23,9 @@ from urllib.parse import urlsplit
 
 from vitdetect.archive import SPLITS, extract_archive, move_tree
 from vitdetect.atomic import atomic_write_dir, atomic_write_text
-from vitdetect.labels import CLASS_NAMES
 from vitdetect.errors import UsageError, VitdetectError
 from vitdetect.images import ImageDecodeError, decode_rgb, is_image_path
+from vitdetect.labels import CLASS_NAMES
 from vitdetect.progress import Reporter
 from vitdetect.settings import DownloadSettings
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from vitdetect.atomic import atomic_write_text
 from vitdetect.checkpoint import save_checkpoint
-from vitdetect.data import ImageSet, list_split, load_split, write_skipped
+from vitdetect.data import ImageSet, load_split_reported
 from vitdetect.errors import VitdetectError
 from vitdetect.inference import TrainedModel, fake_probabilities, make_inference_accelerator
 from vitdetect.labels import CLASS_NAMES
@@ -52,10 +52,8 @@ def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> Ev
     if main:
         prepare_output_dir(output_dir)
     with accelerator.local_main_process_first():  # one decoder per machine; the others read its cache
-        images = decode_split(settings, trained.prep.storage_size, reporter)
-    if main and images.skipped:
-        listed = write_skipped(images, output_dir)
-        reporter.warn(f"skipped {len(images.skipped)} image(s) that failed to decode; list in {listed}")
+        images = load_split_reported(settings.data_dir, settings.split, trained.prep.storage_size,
+                                     settings.cache_dir, output_dir, reporter)
 
     scoring_started = time.perf_counter()
     p_fake = fake_probabilities(trained, images.images, settings.batch_size, accelerator, reporter,
@@ -83,16 +81,6 @@ def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> Ev
     accelerator.wait_for_everyone()
     seconds = time.perf_counter() - started
     return EvaluationResult(metrics, output_dir, seconds, images_per_second, figures, stored)
-
-
-def decode_split(settings: EvaluateSettings, size: int, reporter: Reporter) -> ImageSet:
-    """The split decoded at the checkpoint's storage size (from the cache when it is there)."""
-    total = len(list_split(settings.data_dir, settings.split).paths)
-    with reporter.task(f"decoding {settings.split} images", total, transient=True) as bar:
-        images = load_split(settings.data_dir, settings.split, size, settings.cache_dir, bar.advance)
-    if images.ignored:
-        reporter.info(f"ignored {images.ignored} non-image file(s) in {settings.data_dir / settings.split}")
-    return images
 
 
 def threshold_for_fpr(labels: np.ndarray, p_fake: np.ndarray, settings: EvaluateSettings) -> dict[str, Any]:

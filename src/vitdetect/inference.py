@@ -37,7 +37,8 @@ class TrainedModel:
         payload = load_checkpoint(path)
         model = model_from_config(payload["model_config"], payload["state_dict"], source=path)
         prep = Preprocessing.from_dict(payload["preprocessing"])
-        threshold = float(payload.get("threshold") or DEFAULT_THRESHOLD)
+        stored = payload.get("threshold")
+        threshold = DEFAULT_THRESHOLD if stored is None else float(stored)
         return cls(model, prep, threshold, payload)
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from vitdetect.labels import ID2LABEL, LABEL2ID
 from vitdetect.errors import UsageError, VitdetectError
+from vitdetect.labels import ID2LABEL, LABEL2ID
 from vitdetect.settings import SCRATCH_PREFIX, TrainMode
 
 # From-scratch presets: no download. vit-tiny-32 (2.7M parameters) works on CIFAKE's native 32x32

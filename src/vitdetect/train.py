@@ -37,15 +37,7 @@ from vitdetect.checkpoint import (
     save_checkpoint,
     save_pretrained_dir,
 )
-from vitdetect.data import (
-    ImageSet,
-    TensorBatches,
-    keep_batch,
-    load_split,
-    stratified_sample,
-    stratified_split,
-    write_skipped,
-)
+from vitdetect.data import TensorBatches, keep_batch, load_split_reported, stratified_sample, stratified_split
 from vitdetect.errors import Terminated, UsageError, VitdetectError
 from vitdetect.metrics import epoch_metrics
 from vitdetect.model import load_model, model_from_config, set_trainable
@@ -113,7 +105,7 @@ def train(settings: TrainSettings, reporter: Reporter | None = None, resume: Pat
     reporter.info(f"model {settings.model}: trainable parameters {trainable:,} of {total:,}")
 
     with accelerator.local_main_process_first():  # one decoder per machine; the others read its cache
-        images = load_training_images(settings, reporter)
+        images = load_split_reported(settings.data_dir, "train", None, settings.cache_dir, output_dir, reporter)
     prep = Preprocessing(model.config.image_size, int(images.images.shape[-1]), tuple(mean), tuple(std))
     train_idx, val_idx = stratified_split(images.labels, settings.val_fraction, settings.seed)
     if settings.max_images:
@@ -237,19 +229,6 @@ def prepare_output_dir(output_dir: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise VitdetectError(f"cannot write to output dir {output_dir}: {exc.strerror or exc}") from None
-
-
-def load_training_images(settings: TrainSettings, reporter: Reporter) -> ImageSet:
-    """The decoded train split; decode failures are skipped, counted and listed in a file."""
-    with reporter.task("decoding images", 0, transient=True) as bar:
-        images = load_split(settings.data_dir, "train", None, settings.cache_dir, bar.advance, bar.set_total)
-    if images.ignored:
-        reporter.info(f"ignored {images.ignored} non-image file(s) in {settings.data_dir}")
-    listed = write_skipped(images, settings.output_dir) if reporter.enabled else None
-    if images.skipped:
-        where = f"; list in {listed}" if listed else ""
-        reporter.warn(f"skipped {len(images.skipped)} image(s) that failed to decode{where}")
-    return images
 
 
 def extract_features(
