@@ -22,6 +22,8 @@ from vitdetect.errors import VitdetectError
 
 METRICS_NAME = "metrics.json"
 PREDICTIONS_NAME = "predictions.csv"
+EPOCH_HISTORY_NAME = "history.csv"  # written by train, read by plots
+BATCH_HISTORY_NAME = "batch_history.csv"
 PREDICTION_COLUMNS = ("path", "true_label", "p_fake", "predicted_label")
 CALIBRATION_BINS = 15
 TARGET_FPRS = (0.01, 0.05)

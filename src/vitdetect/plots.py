@@ -19,6 +19,8 @@ from vitdetect.atomic import atomic_write
 from vitdetect.errors import VitdetectError
 from vitdetect.labels import CLASS_NAMES, POSITIVE_CLASS
 from vitdetect.metrics import (
+    BATCH_HISTORY_NAME,
+    EPOCH_HISTORY_NAME,
     METRICS_NAME,
     PREDICTIONS_NAME,
     Predictions,
@@ -28,8 +30,6 @@ from vitdetect.metrics import (
     read_predictions,
 )
 
-EPOCH_HISTORY_NAME = "history.csv"  # the names train.py writes
-BATCH_HISTORY_NAME = "batch_history.csv"
 FORMATS = ("png", "svg", "pdf")
 DPI = 150
 # seaborn's colour-blind palette: blue, vermillion, green, pink; dark grey for reference lines.

@@ -39,14 +39,12 @@ from vitdetect.checkpoint import (
 )
 from vitdetect.data import TensorBatches, keep_batch, load_split_reported, stratified_sample, stratified_split
 from vitdetect.errors import Terminated, UsageError, VitdetectError
-from vitdetect.metrics import epoch_metrics
+from vitdetect.metrics import BATCH_HISTORY_NAME, EPOCH_HISTORY_NAME, epoch_metrics
 from vitdetect.model import load_model, model_from_config, set_trainable
 from vitdetect.progress import Reporter
 from vitdetect.settings import TrainMode, TrainSettings, build_settings
 from vitdetect.transforms import Preprocessing, build_augmentation, to_model_input
 
-EPOCH_HISTORY_NAME = "history.csv"
-BATCH_HISTORY_NAME = "batch_history.csv"
 CONFIG_NAME = "config.json"
 ARTIFACT_NAMES = (BEST_NAME, LAST_NAME, PRETRAINED_DIR_NAME, CONFIG_NAME, EPOCH_HISTORY_NAME, BATCH_HISTORY_NAME)
 # Settings a resumed run may change: none of them alters what the finished run means.
