@@ -118,9 +118,10 @@ def save_damaged_images(real, fake, good):
     (fake / "bomb.png").write_bytes(png_claiming(100_000, 100_000))  # over twice Pillow's limit: an error
     (real / "large.png").write_bytes(png_claiming(12_000, 12_000))  # over the limit: only a warning in Pillow
     (fake / "notes.txt").write_text("not an image: ignored and counted")
-    return {"corrupt.jpg": "cannot decode image", "truncated.jpg": "cannot decode image",
-            "empty.jpg": "empty file", "bomb.png": "decompression-bomb limit",
-            "large.png": "decompression-bomb limit"}
+    # Random bytes after a JPEG marker fail either at identification or at decoding, depending on the bytes.
+    return {"corrupt.jpg": ("cannot decode image", "not an image"), "truncated.jpg": ("cannot decode image",),
+            "empty.jpg": ("empty file",), "bomb.png": ("decompression-bomb limit",),
+            "large.png": ("decompression-bomb limit",)}
 
 
 def test_damaged_images_are_skipped_and_listed_odd_ones_converted_and_the_run_goes_on(train_args, tiny_data,
@@ -135,7 +136,7 @@ def test_damaged_images_are_skipped_and_listed_odd_ones_converted_and_the_run_go
     assert f"skipped {len(damaged)} image(s) that failed to decode; list in {listed}" in err
     reasons = {os.path.basename(row["path"]): row["reason"] for row in json.loads(listed.read_text())}
     assert reasons.keys() == damaged.keys()
-    assert all(damaged[name] in reason for name, reason in reasons.items()), reasons
+    assert all(any(expected in reason for expected in damaged[name]) for name, reason in reasons.items()), reasons
     counts = re.search(r": (\d+) train / (\d+) validation images", err)
     assert int(counts[1]) + int(counts[2]) == 2 * 24 + odd  # every good and every odd image, no damaged one
     assert load_checkpoint(tmp_path / "results" / "best_model.pth")["epoch"] == 1
