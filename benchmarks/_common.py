@@ -70,7 +70,7 @@ def save_random_model(preset: str, dest: Path, seed: int = 0) -> Path:
     import torch
     from transformers import ViTConfig, ViTForImageClassification
 
-    from vitdetect.data import ID2LABEL, LABEL2ID
+    from vitdetect.labels import ID2LABEL, LABEL2ID
     from vitdetect.model import PRESETS
 
     torch.manual_seed(seed)

@@ -63,7 +63,7 @@ def baseline(args: argparse.Namespace, work_dir: Path) -> dict:
     from torchvision import transforms as T
     from transformers import ViTForImageClassification
 
-    from vitdetect.data import LABEL2ID
+    from vitdetect.labels import LABEL2ID
 
     output_dir = fresh_dir(work_dir, "baseline")
     listed, train_idx, val_idx = vitdetect_split(work_dir / SUBSET_NAME)

@@ -21,7 +21,7 @@ import torch
 from vitdetect.atomic import atomic_torch_save, atomic_write_text
 from vitdetect.errors import VitdetectError
 from vitdetect.images import ImageDecodeError, decode_rgb, is_image_path, open_image
-from vitdetect.labels import CLASS_NAMES, ID2LABEL, LABEL2ID, POSITIVE_CLASS  # noqa: F401 - re-exported
+from vitdetect.labels import LABEL2ID
 from vitdetect.progress import Reporter
 
 
