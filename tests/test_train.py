@@ -88,7 +88,7 @@ def test_head_only_trains_only_the_head(tiny_data, tmp_path):
 def test_end_to_end_on_real_cifake(tmp_path):
     """A short from-scratch run on real images: it must learn (chance is 0.5) and write its artifacts."""
     settings = TrainSettings(data_dir=REAL_CIFAKE, output_dir=tmp_path / "results", model="scratch:vit-tiny-32",
-                             epochs=2, max_images=4000, val_fraction=0.05, cache_dir=tmp_path / "cache", quiet=True)
+                             epochs=3, max_images=4000, val_fraction=0.05, cache_dir=tmp_path / "cache", quiet=True)
     result = train(settings)
     assert result.best["val_accuracy"] > 0.6
     assert {"best_model.pth", "last.pth", "history.csv", "epoch_training_curves.png"} <= {
