@@ -87,7 +87,8 @@ def test_hub_offline_gives_one_line_quickly(tmp_path, tiny_data):
                            str(tmp_path / "cache"), "--quiet"], capture_output=True, text=True, env=env)
     assert proc.returncode == 1 and time.monotonic() - started < 60
     message = user_error((proc.returncode, proc.stdout, proc.stderr))
-    assert "could not download model 'google/vit-base-patch16-224' (offline or unknown id)" in message
+    expected = "could not download model 'google/vit-base-patch16-224' (HF_HUB_OFFLINE is set and it is not in the"
+    assert expected in message
     assert not list((tmp_path / "out").glob("*.pth"))
 
 

@@ -13,19 +13,17 @@ import hashlib
 import io
 import os
 import shutil
-import socket
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from vitdetect.archive import SPLITS, extract_archive, move_tree
 from vitdetect.atomic import atomic_write_dir, atomic_write_text
 from vitdetect.errors import UsageError, VitdetectError
 from vitdetect.images import ImageDecodeError, decode_rgb, is_image_path
 from vitdetect.labels import CLASS_NAMES
+from vitdetect.network import CONNECT_TIMEOUT_S, unreachable_reason
 from vitdetect.progress import Reporter
 from vitdetect.settings import DownloadSettings
 
@@ -34,7 +32,6 @@ MANIFEST_HEADER = "path\tsize\tsha256"
 FULL_COUNTS = {"train": 50_000, "test": 10_000}  # images per class in the published CIFAKE
 # kagglesdk sends its API calls without a timeout and huggingface_hub retries for ~25 s: a short TCP
 # probe first turns "no network" into one prompt line instead of a long hang.
-CONNECT_TIMEOUT_S = 10.0
 Counts = dict[str, dict[str, int]]  # split -> class -> images
 _FREE_SPACE = "disk full: free some space (CIFAKE needs about 0.3 GB) and run the command again"
 _PERMISSION = "permission denied or read-only file system: choose another --dest"
@@ -296,21 +293,12 @@ def _import_client(module: str):
 
 
 def require_reachable(url: str, service: str, settings: DownloadSettings) -> None:
-    """Open (and close) a TCP connection to url's host, or to the proxy the environment sets for it."""
-    parts = urlsplit(url)
-    host, port = parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    if proxy and not urllib.request.proxy_bypass(host):
-        proxy_parts = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        host, port = proxy_parts.hostname or "", proxy_parts.port or 80
-    try:
-        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
-    except OSError as exc:
-        reason = ("host name not resolved" if isinstance(exc, socket.gaierror)
-                  else f"no answer in {CONNECT_TIMEOUT_S:.0f} s" if isinstance(exc, TimeoutError)
-                  else exc.strerror or type(exc).__name__)
-        raise VitdetectError(f"cannot reach {service} at {host}:{port} ({reason}; no internet connection?): "
-                             f"{manual_route(settings)}") from None
+    """Fail with the manual route when url's host (or the proxy for it) cannot be reached."""
+    failure = unreachable_reason(url, CONNECT_TIMEOUT_S)
+    if failure is not None:
+        address, reason = failure
+        raise VitdetectError(f"cannot reach {service} at {address} ({reason}; no internet connection?): "
+                             f"{manual_route(settings)}")
 
 
 def fetch_kaggle(settings: DownloadSettings, folder: Path, reporter: Reporter) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import torch
 
 from vitdetect.errors import UsageError, VitdetectError
 from vitdetect.labels import ID2LABEL, LABEL2ID
+from vitdetect.network import unreachable_reason
 from vitdetect.settings import SCRATCH_PREFIX, TrainMode
 
 # From-scratch presets: no download. vit-tiny-32 (2.7M parameters) works on CIFAKE's native 32x32
@@ -41,24 +43,42 @@ def load_model(spec: str) -> tuple[torch.nn.Module, tuple[tuple[float, ...], tup
             raise UsageError(f"unknown scratch preset '{name}' (choose from {', '.join(sorted(PRESETS))})")
         config = ViTConfig(**PRESETS[name], **_label_kwargs())
         return ViTForImageClassification(config), DEFAULT_MEAN_STD
+    offline_reason = hub_offline_reason(spec)
     try:
-        model = ViTForImageClassification.from_pretrained(spec, ignore_mismatched_sizes=True, **_label_kwargs())
+        model = ViTForImageClassification.from_pretrained(
+            spec, ignore_mismatched_sizes=True, local_files_only=offline_reason is not None, **_label_kwargs()
+        )
     except OSError as exc:
         if Path(spec).exists():
             raise VitdetectError(f"cannot load model from {spec}: {str(exc).splitlines()[0]}") from None
+        why = f"{offline_reason} and it is not in the local cache" if offline_reason else "offline or unknown id"
         raise VitdetectError(
-            f"could not download model '{spec}' (offline or unknown id): pass a local directory saved with "
+            f"could not download model '{spec}' ({why}): pass a local directory saved with "
             f"save_pretrained, or a scratch preset such as {SCRATCH_PREFIX}vit-tiny-32"
         ) from None
-    return model, _mean_std(spec)
+    return model, _mean_std(spec, local_only=offline_reason is not None)
 
 
-def _mean_std(spec: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def hub_offline_reason(spec: str) -> str | None:
+    """Why a hub id must be loaded from the local cache only (HF_HUB_OFFLINE, or the hub unreachable).
+
+    Checking first turns minutes of huggingface_hub retries on an offline machine into one quick line,
+    and a model already in the cache still loads.
+    """
+    if Path(spec).exists():
+        return None
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}:
+        return "HF_HUB_OFFLINE is set"
+    failure = unreachable_reason(os.environ.get("HF_ENDPOINT", "https://huggingface.co"), timeout=5.0)
+    return None if failure is None else f"cannot reach the Hugging Face Hub at {failure[0]}: {failure[1]}"
+
+
+def _mean_std(spec: str, local_only: bool) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The image processor's normalization, or ViT's default when the model ships none."""
     from transformers import AutoImageProcessor
 
     try:
-        processor = AutoImageProcessor.from_pretrained(spec)
+        processor = AutoImageProcessor.from_pretrained(spec, local_files_only=local_only)
         return tuple(processor.image_mean), tuple(processor.image_std)
     except Exception:  # noqa: BLE001 - no preprocessor_config.json: ViT's default
         return DEFAULT_MEAN_STD

@@ -93,6 +93,8 @@ def train(settings: TrainSettings, reporter: Reporter | None = None, resume: Pat
         remove_leftovers(output_dir, ARTIFACT_NAMES)  # temp files of a killed run
 
     resumed = load_checkpoint(resume, kind="last") if resume else None
+    with accelerator.local_main_process_first():  # one decoder per machine; the others read its cache
+        images = load_split_reported(settings.data_dir, "train", None, settings.cache_dir, output_dir, reporter)
     set_seed(settings.seed)
     if resumed:
         model = model_from_config(resumed["model_config"], resumed["state_dict"], source=resume)
@@ -102,8 +104,6 @@ def train(settings: TrainSettings, reporter: Reporter | None = None, resume: Pat
     trainable, total = set_trainable(model, settings.train_mode, settings.last_blocks)
     reporter.info(f"model {settings.model}: trainable parameters {trainable:,} of {total:,}")
 
-    with accelerator.local_main_process_first():  # one decoder per machine; the others read its cache
-        images = load_split_reported(settings.data_dir, "train", None, settings.cache_dir, output_dir, reporter)
     prep = Preprocessing(model.config.image_size, int(images.images.shape[-1]), tuple(mean), tuple(std))
     train_idx, val_idx = stratified_split(images.labels, settings.val_fraction, settings.seed)
     if settings.max_images:
