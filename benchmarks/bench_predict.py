@@ -24,7 +24,7 @@ import numpy as np
 from _common import REAL_CIFAKE, print_ratio, timer
 from vitdetect.checkpoint import save_pretrained_dir
 from vitdetect.data import list_split
-from vitdetect.inference import make_inference_accelerator
+from vitdetect.distributed import make_accelerator
 from vitdetect.labels import POSITIVE_CLASS
 from vitdetect.predict import Detector
 from vitdetect.settings import PredictSettings
@@ -55,7 +55,7 @@ def main() -> None:
     paths = spread_sample(list_split(args.data_dir, "test").paths, args.images)
     names = [str(path) for path in paths]
     detector = Detector.from_checkpoint(args.checkpoint, batch_size=args.batch_size,
-                                        accelerator=make_inference_accelerator(cpu=True))
+                                        accelerator=make_accelerator(cpu=True))
     with tempfile.TemporaryDirectory() as scratch:
         save_pretrained_dir(Path(scratch) / "model", detector.trained.model, detector.trained.prep)
         classifier = pipeline("image-classification", model=str(Path(scratch) / "model"), device="cpu")

@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from vitdetect.errors import VitdetectError
+
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Call write(temp_path) on a temp file beside path, fsync it, then rename it over path.
@@ -141,3 +143,14 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def ensure_writable_dir(directory: Path) -> None:
+    """Create directory if needed and prove it takes files, before any long work writes there."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise VitdetectError(f"cannot write to output dir {directory}: {exc.strerror or exc}") from None

@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from vitdetect.atomic import atomic_write_text
+from vitdetect.atomic import atomic_write_text, ensure_writable_dir
 from vitdetect.checkpoint import save_checkpoint
 from vitdetect.data import ImageSet, load_split_reported
+from vitdetect.distributed import make_accelerator
 from vitdetect.errors import VitdetectError
-from vitdetect.inference import TrainedModel, fake_probabilities, make_inference_accelerator
+from vitdetect.inference import TrainedModel, fake_probabilities
 from vitdetect.labels import CLASS_NAMES
 from vitdetect.metrics import (
     METRICS_NAME,
@@ -29,7 +30,6 @@ from vitdetect.metrics import (
 )
 from vitdetect.progress import Reporter
 from vitdetect.settings import EvaluateSettings
-from vitdetect.train import prepare_output_dir
 
 
 @dataclass
@@ -44,13 +44,13 @@ class EvaluationResult:
 
 def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> EvaluationResult:
     started = time.perf_counter()
-    accelerator = make_inference_accelerator(settings.cpu)
+    accelerator = make_accelerator(settings.cpu)
     main = accelerator.is_main_process
     reporter = reporter or Reporter(settings.quiet, enabled=main)
     trained = TrainedModel.load(settings.checkpoint)
     output_dir = settings.output_dir or settings.checkpoint.parent
     if main:
-        prepare_output_dir(output_dir)
+        ensure_writable_dir(output_dir)
     with accelerator.local_main_process_first():  # one decoder per machine; the others read its cache
         images = load_split_reported(settings.data_dir, settings.split, trained.prep.storage_size,
                                      settings.cache_dir, output_dir, reporter)

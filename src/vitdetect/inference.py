@@ -42,11 +42,6 @@ class TrainedModel:
         return cls(model, prep, threshold, payload)
 
 
-def make_inference_accelerator(cpu: bool = False):
-    """An Accelerator that autocasts to bf16/fp16 on a GPU and stays fp32 on the CPU."""
-    return distributed.make_accelerator(cpu)
-
-
 def fake_probabilities(
     trained: TrainedModel,
     images: torch.Tensor,
@@ -56,7 +51,7 @@ def fake_probabilities(
     description: str = "scoring",
 ) -> np.ndarray:
     """P(FAKE) for each Nx3xSxS uint8 image, in input order, on every process."""
-    accelerator = accelerator or make_inference_accelerator()
+    accelerator = accelerator or distributed.make_accelerator()
     reporter = reporter or Reporter(quiet=True)
     loader = accelerator.prepare_data_loader(
         torch.utils.data.DataLoader(

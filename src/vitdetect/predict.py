@@ -27,9 +27,10 @@ from rich.text import Text
 
 from vitdetect.atomic import atomic_write_text
 from vitdetect.data import decode_images
+from vitdetect.distributed import make_accelerator
 from vitdetect.errors import UsageError, VitdetectError
 from vitdetect.images import IMAGE_EXTENSIONS, is_image_path
-from vitdetect.inference import TrainedModel, fake_probabilities, make_inference_accelerator
+from vitdetect.inference import TrainedModel, fake_probabilities
 from vitdetect.labels import ID2LABEL, POSITIVE_CLASS
 from vitdetect.metrics import classify
 from vitdetect.progress import Reporter
@@ -71,7 +72,7 @@ class Detector:
         self.trained = trained
         self.threshold = trained.threshold if threshold is None else float(threshold)
         self.batch_size = batch_size
-        self.accelerator = accelerator or make_inference_accelerator()
+        self.accelerator = accelerator or make_accelerator()
         self.reporter = reporter or Reporter(quiet=True)
         self.chunk_size = max(1, chunk_size // batch_size) * batch_size  # whole batches per chunk
 
@@ -246,7 +247,7 @@ def run(settings: PredictSettings, patterns: Sequence[str], reporter: Reporter |
     found = find_images(patterns, settings.recursive)
     if settings.output:
         check_output(settings.output)
-    accelerator = make_inference_accelerator(cpu=settings.cpu)
+    accelerator = make_accelerator(cpu=settings.cpu)
     reporter = reporter or Reporter(settings.quiet, enabled=accelerator.is_main_process)
     if found.ignored:
         examples = ", ".join(path.name for path in found.ignored[:3])

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 
 from vitdetect import distributed
-from vitdetect.atomic import atomic_write_text, remove_leftovers
+from vitdetect.atomic import atomic_write_text, ensure_writable_dir, remove_leftovers
 from vitdetect.checkpoint import (
     BEST_NAME,
     LAST_NAME,
@@ -89,7 +89,7 @@ def train(settings: TrainSettings, reporter: Reporter | None = None, resume: Pat
     reporter = reporter or Reporter(settings.quiet, enabled=accelerator.is_main_process)
     output_dir = settings.output_dir
     if accelerator.is_main_process:
-        prepare_output_dir(output_dir)
+        ensure_writable_dir(output_dir)
         remove_leftovers(output_dir, ARTIFACT_NAMES)  # temp files of a killed run
 
     resumed = load_checkpoint(resume, kind="last") if resume else None
@@ -217,16 +217,6 @@ def make_accelerator(settings: TrainSettings):
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=settings.seed,
                                                   non_blocking=True),
     )
-
-
-def prepare_output_dir(output_dir: Path) -> None:
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise VitdetectError(f"cannot write to output dir {output_dir}: {exc.strerror or exc}") from None
 
 
 def extract_features(
