@@ -131,11 +131,12 @@ def train(
     flags = {k: v for k, v in locals().items() if k not in {"config", "resume"}}
     from vitdetect import train as training
     from vitdetect.distributed import is_main_process
+    from vitdetect.run_artifacts import resume_settings
 
     if resume is not None:
         if config is not None:
             raise UsageError("--config cannot be combined with --resume: a resumed run keeps its saved settings")
-        settings = training.resume_settings(resume, flags)
+        settings = resume_settings(resume, flags)
     else:
         settings = build_settings(TrainSettings, config, **flags)
     result = training.train(settings, resume=resume)

@@ -7,60 +7,38 @@ backbone once per image view and then trains the classifier on the stored featur
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
-import json
 import math
-import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import ValidationError
 
 from vitdetect import distributed
-from vitdetect.atomic import atomic_write_text, ensure_writable_dir, remove_leftovers
-from vitdetect.checkpoint import (
-    BEST_NAME,
-    LAST_NAME,
-    PRETRAINED_DIR_NAME,
-    load_checkpoint,
-    model_payload,
-    restore_rng_state,
-    rng_state,
-    save_checkpoint,
-    save_pretrained_dir,
-)
+from vitdetect.atomic import ensure_writable_dir, remove_leftovers
+from vitdetect.checkpoint import load_checkpoint
 from vitdetect.data import TensorBatches, keep_batch, load_split_reported, stratified_sample, stratified_split
-from vitdetect.errors import Terminated, UsageError, VitdetectError
-from vitdetect.metrics import BATCH_HISTORY_NAME, EPOCH_HISTORY_NAME, epoch_metrics
+from vitdetect.errors import VitdetectError
+from vitdetect.interrupts import Interrupted, interruption_guard, interruption_message, saved_so_far
+from vitdetect.metrics import epoch_metrics
 from vitdetect.model import load_model, model_from_config, set_trainable
+from vitdetect.optim import make_optimizer, make_scheduler
 from vitdetect.progress import Reporter
-from vitdetect.settings import TrainMode, TrainSettings, build_settings
+from vitdetect.run_artifacts import (
+    ARTIFACT_NAMES,
+    TrainState,
+    restore_training,
+    save_best,
+    save_last,
+    write_config,
+    write_history,
+)
+from vitdetect.settings import TrainMode, TrainSettings
 from vitdetect.transforms import Preprocessing, build_augmentation, to_model_input
-
-CONFIG_NAME = "config.json"
-ARTIFACT_NAMES = (BEST_NAME, LAST_NAME, PRETRAINED_DIR_NAME, CONFIG_NAME, EPOCH_HISTORY_NAME, BATCH_HISTORY_NAME)
-# Settings a resumed run may change: none of them alters what the finished run means.
-RESUMABLE_CHANGES = frozenset({"epochs", "quiet", "num_workers", "cache_dir"})
-
-
-@dataclass
-class TrainState:
-    """Everything that changes from epoch to epoch; saved in last.pth."""
-
-    epoch: int = 0  # the last completed epoch
-    best_val_loss: float = math.inf
-    best_epoch: int = 0
-    bad_epochs: int = 0
-    epochs: list[dict[str, float]] = field(default_factory=list)
-    batches: list[dict[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -75,10 +53,6 @@ class TrainResult:
     @property
     def best(self) -> dict[str, float]:
         return next(row for row in self.state.epochs if row["epoch"] == self.state.best_epoch)
-
-
-class Interrupted(VitdetectError):
-    """Ctrl-C or SIGTERM during training; exit code 128 + signal number, as shells expect."""
 
 
 def train(settings: TrainSettings, reporter: Reporter | None = None, resume: Path | None = None) -> TrainResult:
@@ -270,28 +244,6 @@ def make_loader(inputs: torch.Tensor, labels: torch.Tensor, settings: TrainSetti
     )
 
 
-def make_optimizer(module: torch.nn.Module, settings: TrainSettings) -> torch.optim.Optimizer:
-    """AdamW with no weight decay on biases and LayerNorm weights (the 1-D parameters)."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": settings.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    # The fused kernel updates every parameter in one pass: several times faster than the default
-    # per-tensor loop on the CPU, and the usual fast path on CUDA.
-    fused = all(p.device.type in {"cpu", "cuda"} for p in params)
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.lr, fused=fused or None)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, settings: TrainSettings, steps_per_epoch: int):
-    if settings.schedule == "cosine":
-        from transformers import get_cosine_schedule_with_warmup
-
-        steps = settings.epochs * steps_per_epoch
-        return get_cosine_schedule_with_warmup(optimizer, int(settings.warmup_ratio * steps), steps)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-
-
 def run_epoch(
     forward: Callable[[torch.Tensor], torch.Tensor],
     loader,
@@ -350,119 +302,6 @@ def single_threaded(enabled: bool) -> Iterator[None]:
         if enabled:
             torch.set_num_threads(threads)
 
-
-@contextmanager
-def interruption_guard() -> Iterator[Callable[[], int]]:
-    """Turn SIGINT/SIGTERM into a flag the loop checks between batches (0 while none came)."""
-    received = {"signum": 0}
-
-    def handler(signum, _frame) -> None:
-        if received["signum"]:  # asked twice: stop now rather than at the end of the batch
-            raise Terminated if signum == signal.SIGTERM else KeyboardInterrupt
-        received["signum"] = signum
-
-    previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        try:
-            previous[signum] = signal.signal(signum, handler)
-        except ValueError:  # not the main thread: signals stay with the caller
-            pass
-    try:
-        yield lambda: received["signum"]
-    finally:
-        for signum, old in previous.items():
-            signal.signal(signum, old)
-
-
-def interruption_message(signum: int, epoch: int, output_dir: Path) -> str:
-    saved, saved_path = saved_so_far(epoch, output_dir), output_dir / LAST_NAME
-    if epoch > 1:
-        return f"interrupted during epoch {epoch}; {saved}. Resume with: vitdetect train --resume {saved_path}"
-    return f"interrupted during epoch 1; {saved}: start again"
-
-
-def saved_so_far(epoch: int, output_dir: Path) -> str:
-    """What is on disk when epoch stops before its end: the previous epoch's last.pth, or nothing."""
-    if epoch > 1:
-        return f"epoch {epoch - 1} is saved in {output_dir / LAST_NAME}"
-    return "no epoch had completed, no checkpoint is saved"
-
-
-def save_best(output_dir: Path, model, settings, prep, epoch: int, metrics: dict[str, float]) -> None:
-    save_checkpoint(output_dir / BEST_NAME, model_payload(model, settings.to_json_dict(), prep, epoch, metrics))
-    save_pretrained_dir(output_dir / PRETRAINED_DIR_NAME, model, prep)
-
-
-def save_last(output_dir: Path, model, settings, prep, state: TrainState, optimizer, scheduler, accelerator):
-    payload = model_payload(model, settings.to_json_dict(), prep, state.epoch, state.epochs[-1])
-    payload.update(
-        kind="last",
-        optimizer=optimizer.state_dict(),
-        scheduler=scheduler.state_dict(),
-        scaler=accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-        rng=rng_state(),
-        train_state={"epoch": state.epoch, "best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch,
-                     "bad_epochs": state.bad_epochs},
-        history={"epochs": state.epochs, "batches": state.batches},
-    )
-    save_checkpoint(output_dir / LAST_NAME, payload)
-
-
-def restore_training(resumed: dict[str, Any], optimizer, scheduler, accelerator) -> TrainState:
-    optimizer.load_state_dict(resumed["optimizer"])
-    scheduler.load_state_dict(resumed["scheduler"])
-    if accelerator.scaler is not None and resumed.get("scaler"):
-        accelerator.scaler.load_state_dict(resumed["scaler"])
-    restore_rng_state(resumed["rng"])
-    saved = resumed["train_state"]
-    history = resumed["history"]
-    return TrainState(saved["epoch"], saved["best_val_loss"], saved["best_epoch"], saved["bad_epochs"],
-                      list(history["epochs"]), list(history["batches"]))
-
-
-def resume_settings(checkpoint: Path, flags: dict[str, Any]) -> TrainSettings:
-    """The settings saved in last.pth, with the given flags applied where they keep the run's meaning."""
-    saved = load_checkpoint(checkpoint, kind="last")["settings"]
-    try:
-        base = TrainSettings(**saved)
-    except (TypeError, ValidationError):
-        raise VitdetectError(f"cannot resume from {checkpoint}: its saved settings are not valid for this "
-                             "version of vitdetect") from None
-    given = {name: value for name, value in flags.items() if value is not None}
-    requested = build_settings(TrainSettings, None, **{**base.model_dump(), **given})
-    refused = sorted(name for name in given
-                     if getattr(requested, name) != getattr(base, name) and name not in RESUMABLE_CHANGES)
-    if refused:
-        names = ", ".join("--" + name.replace("_", "-") for name in refused)
-        raise UsageError(f"cannot change {names} when resuming (the run would mean something else); "
-                         f"only --epochs and output options may change")
-    return requested
-
-
-def write_config(output_dir: Path, settings: TrainSettings, prep: Preprocessing, trainable: int, total: int,
-                 processes: int) -> None:
-    resolved = {
-        "settings": settings.to_json_dict(),
-        "preprocessing": prep.to_dict(),
-        "parameters": {"trainable": trainable, "total": total},
-        "processes": processes,
-        "images_per_step": processes * settings.batch_size,
-    }
-    atomic_write_text(output_dir / CONFIG_NAME, json.dumps(resolved, indent=2) + "\n")
-
-
-def write_history(output_dir: Path, state: TrainState) -> None:
-    atomic_write_text(output_dir / EPOCH_HISTORY_NAME, rows_to_csv(state.epochs))
-    atomic_write_text(output_dir / BATCH_HISTORY_NAME, rows_to_csv(state.batches))
-
-
-def rows_to_csv(rows: list[dict[str, Any]]) -> str:
-    buffer = io.StringIO()
-    if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def epoch_line(row: dict[str, float], epochs: int) -> str:
