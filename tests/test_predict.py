@@ -256,3 +256,15 @@ def test_find_images_dedupes_and_recurses_without_hidden_folders(tiny_data):
     found = find_images([tiny_data, tiny_data / "test" / "REAL" / "0.jpg"], recursive=True)
     assert len(found.paths) == 4 * 24 and not found.ignored
     assert all(".cache" not in str(path) for path in found.paths)
+
+
+def test_images_far_from_the_training_size_get_a_note_and_a_count(checkpoint, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    small, large = tmp_path / "small.png", tmp_path / "large.jpg"
+    make_image(0, rng).save(small)
+    Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)).save(large)
+    code, out, err = run_cli(capsys, small, large, "--checkpoint", checkpoint, "--format", "json")
+    rows = {row["path"]: row for row in map(json.loads, out.splitlines())}
+    assert code == 0 and rows[str(small)]["note"] is None
+    assert "resized from 640x480 to 32x32" in rows[str(large)]["note"] and rows[str(large)]["label"]
+    assert "1 far from the training images" in err

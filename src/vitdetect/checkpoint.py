@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from vitdetect.atomic import atomic_torch_save, atomic_write_dir, write_failures_as_os_errors
+from vitdetect.builtin import resolve_checkpoint
 from vitdetect.errors import VitdetectError
 from vitdetect.transforms import Preprocessing
 
@@ -75,8 +76,10 @@ def save_pretrained_dir(path: Path, model: torch.nn.Module, prep: Preprocessing)
 
 
 def load_checkpoint(path: Path, kind: str | None = None) -> dict[str, Any]:
-    """A vitdetect checkpoint's dict; one clear VitdetectError for every way it can be wrong."""
-    path = Path(path)
+    """A vitdetect checkpoint's dict; one clear VitdetectError for every way it can be wrong.
+
+    `builtin` names the detector shipped with the package."""
+    path = resolve_checkpoint(path)
     if not path.exists():
         raise VitdetectError(f"checkpoint not found: {path} (train one with `vitdetect train`)")
     if path.is_dir():

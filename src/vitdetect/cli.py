@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from vitdetect import __version__
 
@@ -38,8 +39,34 @@ from vitdetect.settings import (
     build_settings,
 )
 
+# --help lists the commands in the order of the workflow; commands added later come after these.
+WORKFLOW = ("download", "train", "evaluate", "predict", "plot")
+
+
+def _flag_without_metavar(option: Any) -> Any:
+    if option is not None:
+        option.metavar = ""  # a flag takes no value: no <bool> in --help
+    return option
+
+
+class WorkflowGroup(TyperGroup):
+    def list_commands(self, ctx: Any) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda name: (WORKFLOW.index(name) if name in WORKFLOW else len(WORKFLOW)))
+
+    def get_command(self, ctx: Any, name: str) -> Any:
+        command = super().get_command(ctx, name)
+        if command is not None:
+            _flag_without_metavar(command.get_help_option(ctx))  # cached by the command
+        return command
+
+    def get_help_option(self, ctx: Any) -> Any:
+        return _flag_without_metavar(super().get_help_option(ctx))
+
+
 app = typer.Typer(
     name="vitdetect",
+    cls=WorkflowGroup,
     help="Fine-tune a Vision Transformer to tell real photographs from AI-generated images (CIFAKE).",
     no_args_is_help=True,
     add_completion=False,
@@ -76,6 +103,8 @@ def described(settings: type, name: str, *flags: str, **kwargs: Any) -> Any:
     info = settings.model_fields[name]
     default = info.default if info.default_factory is None else info.default_factory()
     shown = getattr(default, "value", default)
+    if info.annotation is bool:
+        kwargs.setdefault("metavar", "")  # a flag takes no value: no <bool> in --help
     return typer.Option(None, *flags, help=f"{info.description} (default: {shown})", show_default=False, **kwargs)
 
 
@@ -87,7 +116,7 @@ def version_callback(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True,
+    version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True, metavar="",
                                  help="Show the version and exit."),
 ) -> None:
     """Fine-tune a Vision Transformer to tell real photographs from AI-generated images (CIFAKE)."""
@@ -114,6 +143,8 @@ def train(
     augment: bool = described(TrainSettings, "augment", "--augment/--no-augment"),
     rotation_degrees: float = described(TrainSettings, "rotation_degrees", "--rotation-degrees"),
     color_jitter: bool = described(TrainSettings, "color_jitter", "--color-jitter/--no-color-jitter"),
+    crop_padding: int = described(TrainSettings, "crop_padding", "--crop-padding"),
+    label_smoothing: float = described(TrainSettings, "label_smoothing", "--label-smoothing"),
     feature_cache: bool = described(TrainSettings, "feature_cache", "--feature-cache/--no-feature-cache"),
     feature_views: int = described(TrainSettings, "feature_views", "--feature-views"),
     mixed_precision: MixedPrecision = described(TrainSettings, "mixed_precision", "--mixed-precision"),

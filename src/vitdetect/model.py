@@ -11,19 +11,9 @@ import torch
 from vitdetect.errors import UsageError, VitdetectError
 from vitdetect.labels import ID2LABEL, LABEL2ID
 from vitdetect.network import unreachable_reason
-from vitdetect.settings import SCRATCH_PREFIX, TrainMode
+from vitdetect.presets import PRESETS, SCRATCH_PREFIX, preset_name
+from vitdetect.settings import TrainMode
 
-# From-scratch presets: no download. vit-tiny-32 (2.7M parameters) works on CIFAKE's native 32x32
-# with 4x4 patches and trains on a laptop CPU; vit-micro-32 is for tests; vit-small-224 has the
-# real 224 input of ViT-B/16 at a CPU-friendly width (benchmarks).
-PRESETS: dict[str, dict[str, int]] = {
-    "vit-tiny-32": dict(hidden_size=192, num_hidden_layers=6, num_attention_heads=3, intermediate_size=768,
-                        image_size=32, patch_size=4),
-    "vit-micro-32": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                         image_size=32, patch_size=8),
-    "vit-small-224": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=6, intermediate_size=1536,
-                          image_size=224, patch_size=16),
-}
 DEFAULT_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # ViT-B/16's image processor
 
 
@@ -37,11 +27,11 @@ def load_model(spec: str) -> tuple[torch.nn.Module, tuple[tuple[float, ...], tup
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # vitdetect shows its own progress
-    if spec.startswith(SCRATCH_PREFIX):
-        name = spec.removeprefix(SCRATCH_PREFIX)
+    name = preset_name(spec)
+    if name is not None:
         if name not in PRESETS:
             raise UsageError(f"unknown scratch preset '{name}' (choose from {', '.join(sorted(PRESETS))})")
-        config = ViTConfig(**PRESETS[name], **_label_kwargs())
+        config = ViTConfig(**PRESETS[name].architecture, **_label_kwargs())
         return ViTForImageClassification(config), DEFAULT_MEAN_STD
     offline_reason = hub_offline_reason(spec)
     try:

@@ -26,18 +26,21 @@ from rich.table import Table
 from rich.text import Text
 
 from vitdetect.atomic import atomic_write_text
+from vitdetect.builtin import BUILTIN, announcement, is_builtin, resolve_checkpoint
 from vitdetect.data import decode_images
 from vitdetect.distributed import make_accelerator
 from vitdetect.errors import UsageError, VitdetectError
-from vitdetect.images import IMAGE_EXTENSIONS, is_image_path
+from vitdetect.images import IMAGE_EXTENSIONS, is_image_path, open_image
 from vitdetect.inference import TrainedModel, fake_probabilities
 from vitdetect.labels import ID2LABEL, POSITIVE_CLASS
 from vitdetect.metrics import classify
 from vitdetect.progress import Reporter
-from vitdetect.settings import OutputFormat, PredictSettings
+from vitdetect.settings import EvaluateSettings, OutputFormat, PredictSettings
 
 ImageSource = str | Path | bytes | Image.Image
-FIELDS = ("path", "label", "p_fake", "confidence", "error")
+FIELDS = ("path", "label", "p_fake", "confidence", "error", "note")
+# An image resized by more than this factor to the stored size is far from what the model was trained on.
+FAR_FROM_TRAINING_SCALE = 2.0
 JSON_SUFFIXES = frozenset({".json", ".jsonl", ".ndjson"})
 DEFAULT_CHUNK = 512  # images decoded and held at once: flat memory on huge folders, a lively bar
 
@@ -51,6 +54,7 @@ class Prediction:
     p_fake: float | None = None
     confidence: float | None = None  # the probability of the predicted label
     error: str | None = None
+    note: str | None = None  # why this verdict deserves caution (e.g. an image far from the training size)
 
     @property
     def ok(self) -> bool:
@@ -79,7 +83,7 @@ class Detector:
     @classmethod
     def from_checkpoint(cls, path: str | Path, **options) -> Detector:
         """Load best_model.pth (or any vitdetect checkpoint); options as for Detector()."""
-        path = Path(path)
+        path = resolve_checkpoint(path)
         if not path.exists():
             raise UsageError(f"checkpoint not found: {path} (train one with `vitdetect train`)")
         return cls(TrainedModel.load(path), **options)
@@ -104,21 +108,40 @@ class Detector:
                 bar.advance(len(names[chunk]))
         return results
 
-    def _decode(self, sources: list[ImageSource]) -> tuple[torch.Tensor, list[int], list[str]]:
+    def _decode(self, sources: list[ImageSource]) -> tuple[torch.Tensor, list[int], list[str], list[str | None]]:
         images, kept, failures = decode_images(sources, self.trained.prep.storage_size)
-        return images, kept, [reason for _, reason in failures]
+        notes = [scale_note(sources[index], self.trained.prep.storage_size) for index in kept]
+        return images, kept, [reason for _, reason in failures], notes
 
-    def _judge(self, names: list[str], images: torch.Tensor, kept: list[int], reasons: list[str]):
+    def _judge(self, names: list[str], images: torch.Tensor, kept: list[int], reasons: list[str],
+               notes: list[str | None]):
         scores = fake_probabilities(self.trained, images, self.batch_size, self.accelerator) if kept else []
-        judged = dict(zip(kept, zip(scores, classify(scores, self.threshold), strict=True), strict=True))
+        judged = dict(zip(kept, zip(scores, classify(scores, self.threshold), notes, strict=True), strict=True))
         failed = iter(reasons)  # failures come in input order, like kept
         return [_verdict(name, *judged[index]) if index in judged else Prediction(name, error=next(failed))
                 for index, name in enumerate(names)]
 
 
-def _verdict(path: str, p_fake: float, fake: int) -> Prediction:
+def _verdict(path: str, p_fake: float, fake: int, note: str | None) -> Prediction:
     p_fake = float(p_fake)
-    return Prediction(path, ID2LABEL[int(fake)], p_fake, p_fake if fake else 1.0 - p_fake)
+    return Prediction(path, ID2LABEL[int(fake)], p_fake, p_fake if fake else 1.0 - p_fake, note=note)
+
+
+def scale_note(source: ImageSource, trained_size: int) -> str | None:
+    """A caution when the image is resized by more than FAR_FROM_TRAINING_SCALE to reach the trained size."""
+    try:
+        if isinstance(source, Image.Image):
+            width, height = source.size
+        else:
+            with open_image(source) as image:  # header only
+                width, height = image.size
+    except Exception:  # noqa: BLE001 - it decoded once already; a second look failing only loses the note
+        return None
+    scale = max(width, height) / trained_size
+    if 1 / FAR_FROM_TRAINING_SCALE <= scale <= FAR_FROM_TRAINING_SCALE:
+        return None
+    return (f"resized from {width}x{height} to {trained_size}x{trained_size}: far from the images the model was "
+            "trained on, treat this verdict with caution")
 
 
 def _name(source: ImageSource, index: int) -> str:
@@ -198,16 +221,18 @@ def results_table(results: Sequence[Prediction], threshold: float) -> Table:
     table.add_column("path", overflow="fold")  # long paths wrap rather than lose their end
     for name, justify in (("label", "left"), ("P(FAKE)", "right"), ("confidence", "right")):
         table.add_column(name, justify=justify, no_wrap=True)
-    if failed:
-        table.add_column("error", overflow="fold")
+    noted = any(result.note for result in results)
+    if failed or noted:
+        table.add_column("error / note", overflow="fold")
     for result in results:
         if result.ok:
             colour = "red" if result.label == POSITIVE_CLASS else "green"
             row = [Text(result.path), Text(result.label, style=colour), f"{result.p_fake:.4f}",
                    f"{result.confidence:.1%}"]
+            row += [Text(result.note or "", style="yellow")] if failed or noted else []
         else:
             row = [Text(result.path), Text("error", style="bold red"), "-", "-", Text(result.error)]
-        table.add_row(*row, *([""] if failed and result.ok else []))
+        table.add_row(*row)
     return table
 
 
@@ -253,7 +278,10 @@ def run(settings: PredictSettings, patterns: Sequence[str], reporter: Reporter |
         examples = ", ".join(path.name for path in found.ignored[:3])
         reporter.info(f"ignored {len(found.ignored)} file(s) without an image extension ({examples}"
                       f"{', ...' if len(found.ignored) > 3 else ''})")
-    detector = Detector.from_checkpoint(settings.checkpoint, threshold=settings.threshold,
+    checkpoint = settings.checkpoint or default_checkpoint()
+    if is_builtin(checkpoint) and settings.checkpoint is None:
+        reporter.info(announcement())
+    detector = Detector.from_checkpoint(checkpoint, threshold=settings.threshold,
                                         batch_size=settings.batch_size, accelerator=accelerator,
                                         reporter=reporter)
     results = detector.predict(found.paths)
@@ -266,10 +294,18 @@ def run(settings: PredictSettings, patterns: Sequence[str], reporter: Reporter |
     return PredictRun(results, detector.threshold, accelerator.is_main_process)
 
 
+def default_checkpoint() -> Path | str:
+    """results/best_model.pth when a run left one here, else the built-in detector."""
+    trained_here = EvaluateSettings.model_fields["checkpoint"].default
+    return trained_here if trained_here.exists() else BUILTIN
+
+
 def summary_line(results: Sequence[Prediction]) -> str:
     labels = [result.label for result in results if result.ok]
     fake = labels.count(POSITIVE_CLASS)
     failed = len(results) - len(labels)
+    noted = sum(result.note is not None for result in results)
     return (f"judged {len(labels):,} of {len(results):,} image(s): {fake:,} FAKE, {len(labels) - fake:,} REAL"
+            + (f"; {noted:,} far from the training images (see note)" if noted else "")
             + (f"; {failed:,} could not be read (error rows)" if failed else ""))
 

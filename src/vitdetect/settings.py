@@ -15,15 +15,10 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vitdetect.errors import UsageError
+from vitdetect.presets import recipe_for
 
 DEFAULT_MODEL = "google/vit-base-patch16-224"
-SCRATCH_PREFIX = "scratch:"
-# A randomly initialised backbone is useless frozen: scratch presets train everything, with the
-# usual from-scratch ViT recipe. Augmentation is flip-only: rotation resampling blurs and colour
-# jitter shifts the very pixel statistics that give generated images away, which a frozen ImageNet
-# backbone tolerates but a detector learning from scratch pays for. Applied only to unset keys.
-SCRATCH_RECIPE = {"train_mode": "full", "lr": 5e-4, "weight_decay": 0.05, "schedule": "cosine",
-                  "warmup_ratio": 0.1, "rotation_degrees": 0.0, "color_jitter": False}
+
 
 
 # NumPy seeds must stay below 2**32 after adding the epoch and process index.
@@ -91,6 +86,10 @@ class TrainSettings(_Settings):
     augment: bool = Field(True, description="Random flip, rotation and colour jitter on training images.")
     rotation_degrees: float = Field(10.0, ge=0, le=180, description="RandomRotation range, in degrees.")
     color_jitter: bool = Field(True, description="ColorJitter (brightness, contrast, saturation, hue) in augmentation.")
+    crop_padding: int = Field(0, ge=0, le=16, description="Random crop at the stored size after reflect-padding "
+                              "by this many pixels (0: off); shifts the image without resampling it.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the training loss "
+                                   "(validation loss stays plain cross-entropy).")
     feature_cache: bool = Field(
         True, description="Head-only mode: run the frozen backbone once per image view, then train the head."
     )
@@ -115,8 +114,8 @@ class TrainSettings(_Settings):
     @model_validator(mode="before")
     @classmethod
     def _scratch_recipe(cls, values: Any) -> Any:
-        if isinstance(values, dict) and str(values.get("model", "")).startswith(SCRATCH_PREFIX):
-            return {**SCRATCH_RECIPE, **values}
+        if isinstance(values, dict):
+            return {**recipe_for(str(values.get("model", ""))), **values}
         return values
 
 
@@ -135,7 +134,7 @@ class EvaluateSettings(_FigureSettings):
 
     checkpoint: Path = Field(
         TrainSettings.model_fields["output_dir"].default / "best_model.pth",
-        description="Checkpoint written by `vitdetect train`.",
+        description="Checkpoint written by `vitdetect train`, or `builtin` (the detector shipped with vitdetect).",
     )
     data_dir: Path = Field(
         TrainSettings.model_fields["data_dir"].default, description="CIFAKE root holding SPLIT/{REAL,FAKE}."
@@ -173,9 +172,9 @@ class OutputFormat(str, Enum):
 class PredictSettings(_Settings):
     """`vitdetect predict`: judge image files, folders and glob patterns with a checkpoint."""
 
-    checkpoint: Path = Field(
-        EvaluateSettings.model_fields["checkpoint"].default,
-        description="Checkpoint written by `vitdetect train`.",
+    checkpoint: Path | None = Field(
+        None, description="Checkpoint written by `vitdetect train`, or `builtin`; unset: results/best_model.pth "
+        "when it exists, else the built-in detector.",
     )
     threshold: float | None = Field(
         None, ge=0, le=1, description="FAKE when P(FAKE) >= this; unset: the checkpoint's, else 0.5."

@@ -93,7 +93,8 @@ def train(settings: TrainSettings, reporter: Reporter | None = None, resume: Pat
         write_config(output_dir, settings, prep, trainable, total, accelerator.num_processes)
 
     model.to(accelerator.device)
-    augmentation = build_augmentation(settings.rotation_degrees, settings.color_jitter) if settings.augment else None
+    augmentation = build_augmentation(settings.rotation_degrees, settings.color_jitter, settings.crop_padding,
+                                      prep.storage_size) if settings.augment else None
     use_features = settings.train_mode == TrainMode.head and settings.feature_cache
     if use_features:
         # Building a fresh model and rebuilding a resumed one draw different amounts of randomness:
@@ -267,7 +268,8 @@ def run_epoch(
                 raise Interrupted(interruption_message(signum, epoch, settings.output_dir), 128 + signum)
             with accelerator.autocast():
                 logits = forward(inputs)
-            sample_losses = F.cross_entropy(logits.float(), targets, reduction="none")
+            smoothing = settings.label_smoothing if training else 0.0
+            sample_losses = F.cross_entropy(logits.float(), targets, reduction="none", label_smoothing=smoothing)
             if training:
                 accelerator.backward(sample_losses.mean())
                 if settings.grad_clip > 0:

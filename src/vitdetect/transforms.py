@@ -38,11 +38,15 @@ class Preprocessing:
         )
 
 
-def build_augmentation(rotation_degrees: float, color_jitter: bool = True) -> torch.nn.Module:
-    """Per-sample RandomHorizontalFlip, RandomRotation (when degrees > 0) and ColorJitter on a batch in [0, 1]."""
+def build_augmentation(rotation_degrees: float, color_jitter: bool = True, crop_padding: int = 0,
+                       storage_size: int = 32) -> torch.nn.Module:
+    """Per-sample RandomHorizontalFlip, a reflect-padded random crop (when padding > 0), RandomRotation (when
+    degrees > 0) and ColorJitter on a batch in [0, 1] at the stored size."""
     import kornia.augmentation as K
 
     steps = [K.RandomHorizontalFlip(p=0.5)]
+    if crop_padding > 0:
+        steps.append(K.RandomCrop((storage_size, storage_size), padding=crop_padding, padding_mode="reflect"))
     if rotation_degrees > 0:
         steps.append(K.RandomRotation(degrees=rotation_degrees, p=1.0))
     if color_jitter:

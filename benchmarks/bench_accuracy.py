@@ -1,0 +1,131 @@
+"""Accuracy side by side: a vitdetect from-scratch ViT preset against the small CNN a user would pick instead.
+
+Both train on the same images (vitdetect's seeded 80/20 split of DATA_DIR/train) through the same data
+pipeline (decoded once to uint8, `to_model_input` with a random horizontal flip), and both are scored on the
+full official test split (DATA_DIR/test) the same way. Printed: official-test accuracy, ROC AUC and training
+wall time for both, then the ViT's accuracy gap and time ratio last.
+
+The CNN (the peer named in issue 11): conv3x3-BN-ReLU x 6 at widths 32/32/64/64/128/128 with a max-pool after
+the 2nd and 4th, global average pool, linear; 288k parameters; AdamW 2e-3 with a one-cycle schedule, weight
+decay 0.05, flip only, batch 128, 12 epochs.
+
+    python benchmarks/bench_accuracy.py --preset vit-cifake-20k          # trains both (about an hour on 2 cores)
+    python benchmarks/bench_accuracy.py --vit-run runs/vit20k            # reuse a finished `vitdetect train` run
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from _common import REAL_CIFAKE, machine_accelerator
+
+from vitdetect.data import load_split, stratified_split
+from vitdetect.evaluate import evaluate
+from vitdetect.settings import EvaluateSettings, TrainSettings
+from vitdetect.train import train
+from vitdetect.transforms import Preprocessing, build_augmentation, to_model_input
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def small_cnn() -> torch.nn.Module:
+    def block(cin: int, cout: int) -> list[torch.nn.Module]:
+        return [torch.nn.Conv2d(cin, cout, 3, padding=1, bias=False), torch.nn.BatchNorm2d(cout), torch.nn.ReLU()]
+
+    return torch.nn.Sequential(
+        *block(3, 32), *block(32, 32), torch.nn.MaxPool2d(2),
+        *block(32, 64), *block(64, 64), torch.nn.MaxPool2d(2),
+        *block(64, 128), *block(128, 128),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(128, 2),
+    )
+
+
+def train_cnn(args: argparse.Namespace, prep: Preprocessing) -> tuple[torch.nn.Module, float]:
+    """The CNN on vitdetect's training split; returns the model and the training wall time."""
+    defaults = TrainSettings()
+    images = load_split(args.data_dir, "train", None, args.cache_dir)
+    train_idx, _ = stratified_split(images.labels, defaults.val_fraction, defaults.seed)
+    inputs, labels = images.images[train_idx], images.labels[train_idx]
+    torch.manual_seed(defaults.seed)
+    model = small_cnn()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
+    steps = args.cnn_epochs * math.ceil(len(inputs) / args.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
+    flip = build_augmentation(rotation_degrees=0, color_jitter=False)
+    started = time.perf_counter()
+    for epoch in range(1, args.cnn_epochs + 1):
+        model.train()
+        order = torch.randperm(len(inputs))
+        for start in range(0, len(inputs), args.batch_size):
+            batch = order[start:start + args.batch_size]
+            loss = F.cross_entropy(model(to_model_input(inputs[batch], prep, flip)), labels[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        print(f"    cnn epoch {epoch}/{args.cnn_epochs}: last batch loss {loss.item():.4f}", flush=True)
+    return model.eval(), time.perf_counter() - started
+
+
+def score_cnn(model: torch.nn.Module, args: argparse.Namespace, prep: Preprocessing) -> dict[str, float]:
+    from sklearn.metrics import roc_auc_score
+
+    test = load_split(args.data_dir, "test", prep.storage_size, args.cache_dir)
+    with torch.inference_mode():
+        p_fake = torch.cat([torch.softmax(model(to_model_input(test.images[start:start + 512], prep)), -1)[:, 1]
+                            for start in range(0, len(test), 512)]).numpy()
+    labels = test.labels.numpy()
+    return {"accuracy": float(((p_fake >= 0.5) == labels).mean()), "roc_auc": float(roc_auc_score(labels, p_fake))}
+
+
+def vit_side(args: argparse.Namespace) -> dict[str, float]:
+    """Train the preset (or reuse --vit-run) and evaluate it on the official test split."""
+    run_dir = args.vit_run
+    if run_dir is None:
+        run_dir = args.output_dir / "vit"
+        train(TrainSettings(model=f"scratch:{args.preset}", data_dir=args.data_dir, output_dir=run_dir,
+                            cache_dir=args.cache_dir, quiet=True, overwrite=True))
+    history = np.genfromtxt(run_dir / "history.csv", delimiter=",", names=True)
+    metrics = evaluate(EvaluateSettings(checkpoint=run_dir / "best_model.pth", data_dir=args.data_dir,
+                                        output_dir=args.output_dir / "vit-eval", cache_dir=args.cache_dir,
+                                        quiet=True)).metrics
+    return {"accuracy": metrics["accuracy"], "roc_auc": metrics["roc_auc"],
+            "seconds": float(np.atleast_1d(history["seconds"]).sum()), "model": metrics["model"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=REAL_CIFAKE, help="CIFAKE root with train/ and test/")
+    parser.add_argument("--preset", default="vit-cifake-20k", help="scratch preset to train (without scratch:)")
+    parser.add_argument("--vit-run", type=Path, help="a finished `vitdetect train` run folder to reuse")
+    parser.add_argument("--cnn-epochs", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--output-dir", type=Path, default=Path("/tmp/vitdetect-bench-accuracy"))
+    parser.add_argument("--cache-dir", type=Path, default=TrainSettings().cache_dir)
+    args = parser.parse_args()
+    print(f"machine: {os.cpu_count()} CPU cores, {machine_accelerator()}, {torch.get_num_threads()} threads; "
+          f"load average {os.getloadavg()[0]:.1f}")
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    prep = Preprocessing(32, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    print("--- small CNN (288k parameters, 12 epochs)", flush=True)
+    cnn, cnn_seconds = train_cnn(args, prep)
+    cnn_scores = {**score_cnn(cnn, args, prep), "seconds": cnn_seconds}
+    print(f"--- ViT {'run ' + str(args.vit_run) if args.vit_run else 'scratch:' + args.preset}", flush=True)
+    vit = vit_side(args)
+    for name, scores in (("CNN", cnn_scores), (f"ViT {vit['model']}", vit)):
+        print(f"{name}: official-test accuracy {scores['accuracy']:.4f}, ROC AUC {scores['roc_auc']:.4f}, "
+              f"training {scores['seconds'] / 60:.1f} min")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    print(f"ViT accuracy gap (ViT - CNN): {vit['accuracy'] - cnn_scores['accuracy']:+.4f}; "
+          f"time ratio (ViT / CNN): {vit['seconds'] / cnn_seconds:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""From-scratch model presets (`--model scratch:NAME`): an architecture and the recipe that trains it.
+
+No torch here: settings.py reads the recipes, model.py builds the architectures. A preset's recipe,
+its number of epochs included, applies to every setting the user did not give.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+SCRATCH_PREFIX = "scratch:"
+
+# A randomly initialised backbone is useless frozen: presets train everything, with the usual
+# from-scratch ViT recipe. Augmentation keeps pixel statistics (flip, no rotation or colour jitter):
+# rotation resampling blurs and colour jitter shifts the very statistics that give generated images
+# away, which a frozen ImageNet backbone tolerates but a detector learning from scratch pays for.
+FROM_SCRATCH = {"train_mode": "full", "lr": 5e-4, "weight_decay": 0.05, "schedule": "cosine",
+                "warmup_ratio": 0.1, "rotation_degrees": 0.0, "color_jitter": False}
+
+
+@dataclass(frozen=True)
+class Preset:
+    architecture: dict[str, int]  # ViTConfig keys
+    summary: str
+    recipe: dict[str, Any] = field(default_factory=lambda: dict(FROM_SCRATCH))
+
+
+def _vit(hidden: int, layers: int, heads: int, mlp: int, image: int, patch: int) -> dict[str, int]:
+    return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, intermediate_size=mlp,
+                image_size=image, patch_size=patch)
+
+
+PRESETS: dict[str, Preset] = {
+    "vit-tiny-32": Preset(_vit(192, 6, 3, 768, 32, 4), "2.7M parameters, CIFAKE's native 32x32 in 4x4 patches"),
+    "vit-micro-32": Preset(_vit(32, 2, 2, 64, 32, 8), "tests and smoke runs"),
+    "vit-small-224": Preset(_vit(384, 6, 6, 1536, 224, 16), "ViT-B/16's 224 input at a CPU-friendly width"),
+}
+
+
+def preset_name(model: str) -> str | None:
+    """The preset a --model value names, or None for hub ids and local folders."""
+    return model.removeprefix(SCRATCH_PREFIX) if model.startswith(SCRATCH_PREFIX) else None
+
+
+def recipe_for(model: str) -> dict[str, Any]:
+    """The settings a preset brings (empty for other models; an unknown preset fails later, in model.py)."""
+    name = preset_name(model)
+    if name is None:
+        return {}
+    preset = PRESETS.get(name)
+    return dict(preset.recipe) if preset else dict(FROM_SCRATCH)
