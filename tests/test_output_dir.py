@@ -75,24 +75,24 @@ def test_a_stale_lock_temp_files_and_a_run_stopped_in_its_first_epoch_are_not_a_
     (folder / ".best_model.old").mkdir(parents=True)
     for name in (LOCK_NAME, HOLDER_NAME, ".last.pth.k2j4.tmp", "config.json", "skipped_images.json"):
         (folder / name).write_text("left by a killed run")
-    prepare_output_dir(folder, overwrite=False, resume=None)
+    prepare_output_dir(folder, overwrite=False, resuming=False)
     assert sorted(path.name for path in folder.iterdir()) == [LOCK_NAME, HOLDER_NAME, "config.json",
                                                               "skipped_images.json"]
 
 
-def test_an_evaluation_alone_is_a_run_and_a_resume_only_continues_its_own_folder(tmp_path):
+def test_an_evaluation_alone_is_a_run_and_overwrite_removes_only_run_outputs(tmp_path):
     folder = tmp_path / "results"
     folder.mkdir()
     (folder / "metrics.json").write_text("{}")
     with pytest.raises(VitdetectError) as refused:
-        prepare_output_dir(folder, overwrite=False, resume=None)
+        prepare_output_dir(folder, overwrite=False, resuming=False)
     assert str(refused.value) == (f"output dir {folder} already holds a run (metrics.json): pass --overwrite to "
                                   "replace it, or --output-dir to train into a new folder")
 
-    (folder / "last.pth").write_text("")
-    other = tmp_path / "elsewhere" / "last.pth"
-    with pytest.raises(VitdetectError, match=f"cannot resume {other} into {folder}: that folder holds another run"):
-        prepare_output_dir(folder, overwrite=False, resume=other)
-    prepare_output_dir(folder, overwrite=False, resume=folder / "last.pth")
-    prepare_output_dir(folder, overwrite=True, resume=None)
-    assert [path.name for path in folder.iterdir()] == []
+    for name in ("last.pth", "roc_curve.svg", "notes.txt", ".last.pth.a1.tmp"):
+        (folder / name).write_text("")
+    (folder / "best_model").mkdir()
+    prepare_output_dir(folder, overwrite=False, resuming=True)  # a resumed run continues in its folder
+    assert len(list(folder.iterdir())) == 5
+    prepare_output_dir(folder, overwrite=True, resuming=False)
+    assert [path.name for path in folder.iterdir()] == ["notes.txt"]  # the user's own file stays

@@ -57,24 +57,20 @@ class TrainState:
     batches: list[dict[str, float]] = field(default_factory=list)
 
 
-def prepare_output_dir(output_dir: Path, overwrite: bool, resume: Path | None) -> None:
+def prepare_output_dir(output_dir: Path, overwrite: bool, resuming: bool) -> None:
     """Ready output_dir for a run; call it holding the folder's lock.
 
-    A folder that holds a run is refused, unless overwrite (its outputs are removed first) or it is the
-    folder of the run being resumed. Temp files that a killed run left are removed in every case.
+    A folder that holds a run is refused unless overwrite (its outputs are removed first) or resuming (a
+    resumed run continues in its folder). Temp files that a killed run left are removed in every case.
     """
-    found = [name for name in RUN_EVIDENCE if (output_dir / name).exists()]
-    if resume is not None:
-        if found and Path(resume).resolve() != (output_dir / LAST_NAME).resolve():
-            raise VitdetectError(f"cannot resume {resume} into {output_dir}: that folder holds another run "
-                                 f"({', '.join(found)}); move that run elsewhere first")
-    elif found and not overwrite:
+    found = [] if resuming else [name for name in RUN_EVIDENCE if (output_dir / name).exists()]
+    if found and not overwrite:
         ways = ["--overwrite to replace it", "--output-dir to train into a new folder"]
         if LAST_NAME in found:
             ways.append(f"--resume {output_dir / LAST_NAME} to continue it")
         raise VitdetectError(f"output dir {output_dir} already holds a run ({', '.join(found)}): pass "
                              f"{', '.join(ways[:-1])}, or {ways[-1]}")
-    elif overwrite:
+    if overwrite and not resuming:
         for name in RUN_OUTPUTS:
             remove_path(output_dir / name)
     remove_leftovers(output_dir, RUN_OUTPUTS)

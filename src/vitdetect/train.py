@@ -60,8 +60,8 @@ def train(settings: TrainSettings, reporter: Reporter | None = None, resume: Pat
     accelerator = make_accelerator(settings)
     reporter = reporter or Reporter(settings.quiet, enabled=accelerator.is_main_process)
     with output_lock(settings.output_dir, accelerator):
-        distributed.on_main_process(lambda: prepare_output_dir(settings.output_dir, settings.overwrite, resume),
-                                    accelerator)
+        prepare = functools.partial(prepare_output_dir, settings.output_dir, settings.overwrite, resume is not None)
+        distributed.on_main_process(prepare, accelerator)
         return run_training(settings, accelerator, reporter, resume)
 
 
