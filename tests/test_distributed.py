@@ -23,6 +23,7 @@ from conftest import make_dataset
 from vitdetect.cli import app
 from vitdetect.data import list_split, stratified_split
 from vitdetect.labels import CLASS_NAMES
+from vitdetect.locking import LOCK_NAME, output_lock
 
 pytestmark = pytest.mark.slow
 LAUNCH_TIMEOUT_S = 240
@@ -31,6 +32,13 @@ PROCESSES = 2
 
 def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc_per_node 2 ARGS` (a free port each time); fails on error or hang."""
+    proc = launch(*args, cwd=cwd)
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr[-5000:]}"
+    return proc
+
+
+def launch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`torchrun --standalone --nproc_per_node 2 ARGS`, whatever its exit code; fails on a hang."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                "--nproc_per_node", str(PROCESSES), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -42,7 +50,6 @@ def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess:
         kill_tree(proc.pid)
         stdout, stderr = proc.communicate()
         pytest.fail(f"still running after {LAUNCH_TIMEOUT_S}s (a hang?):\n{stderr[-3000:]}")
-    assert proc.returncode == 0, f"{stdout}\n{stderr[-5000:]}"
     return subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
 
 
@@ -104,7 +111,8 @@ def test_two_process_training_writes_once_and_its_validation_metrics_are_exact(t
     assert proc.stderr.count("epoch 2/2:") == 1
     config = json.loads((output / "config.json").read_text())
     assert (config["processes"], config["images_per_step"]) == (PROCESSES, 12)
-    assert not [p.name for p in output.iterdir() if p.name.startswith(".")]  # no probe, no temp file left
+    # One lock, taken by the main process; no probe, temp or holder file left.
+    assert [p.name for p in output.iterdir() if p.name.startswith(".")] == [LOCK_NAME]
     history = read_rows(output / "history.csv")
     assert [int(row["epoch"]) for row in history] == [1, 2]
     best = min(history, key=lambda row: float(row["val_loss"]))
@@ -176,3 +184,15 @@ def test_early_stopping_ends_every_process_at_the_same_epoch(tiny_data, tmp_path
     assert reports[0]["epoch"] < settings["epochs"]
     assert reports[1] == reports[0]  # same epoch, same gathered validation losses
     assert len(read_rows(tmp_path / "results" / "history.csv")) == reports[0]["epoch"]
+
+
+def test_a_folder_held_by_another_run_stops_every_process_with_the_same_line(tiny_data, tmp_path):
+    """Only the main process tries the lock; the others learn its answer instead of waiting for it forever."""
+    results = tmp_path / "results"
+    with output_lock(results):  # as another run writing there would
+        proc = launch("-m", "vitdetect", "train", "--data-dir", str(tiny_data), "--output-dir", str(results),
+                      "--model", "scratch:vit-micro-32", "--cache-dir", str(tmp_path / "cache"), cwd=tmp_path)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode != 0 and len(errors) == PROCESSES and len(set(errors)) == 1, proc.stderr[-3000:]
+    assert errors[0].startswith(f"error: output folder {results} is in use by process {os.getpid()} on ")
+    assert [path.name for path in results.iterdir()] == [LOCK_NAME]  # nothing written by the refused run

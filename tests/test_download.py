@@ -201,11 +201,13 @@ def test_verified_dest_is_left_alone_unless_forced(tmp_path: Path, cifake_zip: P
     code, out, _ = run(args, capsys)
     assert code == 0 and "already in place" in out and manifest.stat().st_mtime_ns == written
 
-    (dest / "train" / "REAL" / "0.jpg").unlink()  # no longer complete: refused without --force
+    (dest / "train" / "REAL" / "0.jpg").unlink()  # no longer complete: refused without --overwrite
     code, _, err = run(args, capsys)
-    assert code == 1 and "--force" in err
-    code, out, _ = run([*args, "--force"], capsys)
+    assert code == 1 and "pass --overwrite to replace it" in err
+    code, out, _ = run([*args, "--overwrite"], capsys)
     assert code == 0 and "imported" in out and (dest / "train" / "REAL" / "0.jpg").is_file()
+    code, out, _ = run([*args, "--force"], capsys)  # the same flag's earlier name
+    assert code == 0 and "imported" in out
     assert leftovers(tmp_path) == []
 
 

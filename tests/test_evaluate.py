@@ -18,6 +18,7 @@ from vitdetect.checkpoint import load_checkpoint
 from vitdetect.cli import app
 from vitdetect.images import decode_rgb
 from vitdetect.inference import TrainedModel
+from vitdetect.locking import LOCK_NAME
 from vitdetect.transforms import to_model_input
 
 runner = CliRunner()
@@ -150,7 +151,7 @@ def error_of(args, tmp_path):
     result = runner.invoke(app, ["evaluate", *args, "--output-dir", str(out), "--cache-dir", str(tmp_path / "c")])
     assert result.exit_code != 0 and isinstance(result.exception, SystemExit), result.output
     assert len(result.output.strip().splitlines()) == 1, result.output
-    assert not out.exists() or not any(out.iterdir())  # nothing half-written
+    assert not out.exists() or [p.name for p in out.iterdir()] == [LOCK_NAME]  # nothing half-written
     return result.output
 
 

@@ -13,12 +13,14 @@ import time
 import pytest
 
 from vitdetect.checkpoint import BEST_NAME, LAST_NAME, PRETRAINED_DIR_NAME, load_checkpoint
+from vitdetect.locking import LOCK_NAME
 from vitdetect.model import model_from_config
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 KILLS = 4
-# What a write killed mid-way may leave: hidden temp files and folders, never a file under a final name.
-LEFTOVER = re.compile(r"\..+\.(\w+\.tmp|old)|\.write-test")
+# What a write killed mid-way may leave: hidden temp files and folders, never a file under a final name;
+# and the lock file with the killed holder's name beside it (the lock itself died with the process).
+LEFTOVER = re.compile(r"\..+\.(\w+\.tmp|old)|\.write-test|\.vitdetect\.lock(\.holder)?")
 
 
 def assert_complete(results):
@@ -59,12 +61,15 @@ def test_kill_9_at_random_moments_leaves_only_complete_files_and_the_run_resumes
     results = tmp_path / "results"
 
     def train(*flags, epochs=100_000):
+        """Resume the run when an epoch is saved; else start again (--overwrite: a run killed between
+        its first best_model.pth and last.pth left a model, with nothing to resume). A constant schedule,
+        so that the run can be resumed with fewer epochs at the end."""
         if (results / LAST_NAME).exists():
             return [sys.executable, "-m", "vitdetect", "train", "--resume", str(results / LAST_NAME), *flags]
         return [sys.executable, "-m", "vitdetect", "train", "--data-dir", str(tiny_data), "--output-dir",
                 str(results), "--model", "scratch:vit-micro-32", "--batch-size", "16", "--epochs", str(epochs),
-                "--patience", "100000", "--log-every", "1", "--cache-dir", str(tmp_path / "cache"), "--quiet",
-                "--cpu"]
+                "--schedule", "constant", "--patience", "100000", "--log-every", "1", "--cache-dir",
+                str(tmp_path / "cache"), "--quiet", "--cpu", "--overwrite"]
 
     kills = []
     for attempt in range(KILLS):
@@ -96,4 +101,4 @@ def test_kill_9_at_random_moments_leaves_only_complete_files_and_the_run_resumes
                               capture_output=True, text=True)
     assert finished.returncode == 0, f"random seed {seed}, kill -9 after {kills} s: {finished.stderr}"
     assert load_checkpoint(results / LAST_NAME, kind="last")["epoch"] == epoch + 1
-    assert not [path for path in results.iterdir() if path.name.startswith(".")]  # leftovers removed
+    assert [path.name for path in results.iterdir() if path.name.startswith(".")] == [LOCK_NAME]  # leftovers removed

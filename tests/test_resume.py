@@ -131,6 +131,7 @@ def test_resume_refuses_changes_that_alter_the_run(tmp_path, capsys, evaluated_r
         (["--model", "scratch:vit-tiny-32", "--data-dir", tmp_path], 2, "cannot change --data-dir, --model"),
         (["--epochs", "0"], 2, "invalid value for --epochs"),
         (["--config", config], 2, "--config cannot be combined with --resume"),
+        (["--overwrite"], 2, "--overwrite cannot be combined with --resume"),
     ]
     for flags, code, fragment in cases:
         assert fragment in user_error(run_main(capsys, "train", "--resume", last, *flags), code=code)

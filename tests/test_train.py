@@ -6,6 +6,7 @@ import torch
 
 from conftest import REAL_CIFAKE
 from vitdetect.checkpoint import load_checkpoint
+from vitdetect.locking import LOCK_NAME
 from vitdetect.model import load_model, model_from_config
 from vitdetect.settings import TrainSettings
 from vitdetect.train import train
@@ -46,7 +47,7 @@ def test_artifacts_are_complete_and_load_weights_only(tiny_data, tmp_path):
     assert {"train_loss", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1"} <= set(epochs[0])
     assert read_rows(out / "batch_history.csv")
     assert load_checkpoint(out / "last.pth", kind="last")["train_state"]["epoch"] == 2
-    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [LOCK_NAME]  # no temp or holder file left
 
 
 def test_checkpoint_round_trip_gives_the_same_model(tiny_data, tmp_path):

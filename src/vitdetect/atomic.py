@@ -106,10 +106,15 @@ def remove_leftovers(directory: Path, names: Iterable[str]) -> None:
     """Delete what atomic writes of these names left in directory when a process was killed mid-way."""
     for name in names:
         for leftover in [*Path(directory).glob(f".{name}.*.tmp"), Path(directory) / f".{name}.old"]:
-            if leftover.is_dir() and not leftover.is_symlink():
-                shutil.rmtree(leftover, ignore_errors=True)
-            else:
-                leftover.unlink(missing_ok=True)
+            remove_path(leftover)
+
+
+def remove_path(path: Path) -> None:
+    """Delete a file, link or folder tree; nothing when it is not there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _naming(exc: OSError, path: Path) -> OSError:

@@ -127,6 +127,7 @@ def root(
 def train(
     data_dir: Path = described(TrainSettings, "data_dir", "--data-dir", "--data_dir"),
     output_dir: Path = described(TrainSettings, "output_dir", "--output-dir", "--output_dir"),
+    overwrite: bool = described(TrainSettings, "overwrite", "--overwrite/--no-overwrite"),
     model: str = described(TrainSettings, "model", "--model"),
     train_mode: TrainMode = described(TrainSettings, "train_mode", "--train-mode"),
     last_blocks: int = described(TrainSettings, "last_blocks", "--last-blocks"),
@@ -167,6 +168,9 @@ def train(
     if resume is not None:
         if config is not None:
             raise UsageError("--config cannot be combined with --resume: a resumed run keeps its saved settings")
+        if overwrite:
+            raise UsageError("--overwrite cannot be combined with --resume: a resumed run continues the run in "
+                             "its folder")
         settings = resume_settings(resume, flags)
     else:
         settings = build_settings(TrainSettings, config, **flags)
@@ -285,7 +289,7 @@ def download(
     hf_repo: str = described(DownloadSettings, "hf_repo", "--hf-repo"),
     expect_counts: str = described(DownloadSettings, "expect_counts", "--expect-counts"),
     max_unpacked_gb: float = described(DownloadSettings, "max_unpacked_gb", "--max-unpacked-gb"),
-    force: bool = described(DownloadSettings, "force", "--force/--no-force"),
+    force: bool = described(DownloadSettings, "force", "--overwrite/--no-overwrite", "--force"),
     verify_only: bool = described(DownloadSettings, "verify_only", "--verify-only/--no-verify-only"),
     quiet: bool = described(DownloadSettings, "quiet", "--quiet/--no-quiet", "-q"),
 ) -> None:
@@ -301,7 +305,7 @@ def download(
         if not diff.clean:
             raise VitdetectError(f"{settings.dest} differs from its manifest: {len(diff.missing)} missing, "
                                  f"{len(diff.extra)} extra, {len(diff.changed)} changed; run `vitdetect "
-                                 "download --force` to fetch it again")
+                                 "download --overwrite` to fetch it again")
         return
     result = downloading.download(settings, reporter)
     typer.echo(f"CIFAKE {result.action} at {result.dest}: {downloading.describe_counts(result.counts)}")

@@ -24,6 +24,8 @@ from vitdetect.images import ImageDecodeError, decode_rgb, is_image_path, open_i
 from vitdetect.labels import LABEL2ID
 from vitdetect.progress import Reporter
 
+SKIPPED_NAME = "skipped_images.json"
+
 
 @dataclass
 class ImageList:
@@ -200,7 +202,7 @@ def write_skipped(image_set: ImageSet, output_dir: Path) -> Path | None:
     """List the files that failed to decode in output_dir/skipped_images.json; its path, or None."""
     if not image_set.skipped:
         return None
-    target = output_dir / "skipped_images.json"
+    target = output_dir / SKIPPED_NAME
     text = json.dumps([{"path": p, "reason": r} for p, r in image_set.skipped], indent=2)
     atomic_write_text(target, text)
     return target

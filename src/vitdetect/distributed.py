@@ -7,9 +7,14 @@ process builds the same Accelerator, which joins the process group (NCCL on GPUs
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
+
+from vitdetect.errors import VitdetectError
+
+T = TypeVar("T")
 
 
 def launched_processes() -> int:
@@ -59,3 +64,24 @@ def agreed_signal(signum: int, accelerator) -> int:
     flag = torch.tensor([signum], device=accelerator.device)
     torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
     return int(flag.item())
+
+
+def on_main_process(action: Callable[[], T], accelerator) -> T | None:
+    """action() on the main process only (None elsewhere). When it fails, every process raises an error
+    with the same message: the others stop with it instead of waiting for the main one forever."""
+    if accelerator.num_processes == 1:
+        return action()
+    from accelerate.utils import broadcast_object_list
+
+    result, failure = None, None
+    if accelerator.is_main_process:
+        try:
+            result = action()
+        except Exception as exc:
+            failure = exc
+    message = broadcast_object_list([failure and (str(failure), getattr(failure, "exit_code", 1))])[0]
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise VitdetectError(*message)
+    return result

@@ -76,7 +76,7 @@ def download(settings: DownloadSettings, reporter: Reporter) -> DownloadResult:
         if is_complete(dest):
             return DownloadResult(dest, count_images(dest), "already in place")
         if not dest.is_dir() or any(dest.iterdir()):
-            raise VitdetectError(f"{dest} exists and is not a complete vitdetect download: pass --force to "
+            raise VitdetectError(f"{dest} exists and is not a complete vitdetect download: pass --overwrite to "
                                  "replace it, or choose another --dest")
     fetch, action = _fetcher(settings, reporter)
     outcome: dict[str, DownloadResult] = {}

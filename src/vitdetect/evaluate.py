@@ -8,19 +8,21 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from vitdetect.atomic import atomic_write_text, ensure_writable_dir
+from vitdetect.atomic import atomic_write_text
 from vitdetect.checkpoint import save_checkpoint
 from vitdetect.data import ImageSet, load_split_reported
 from vitdetect.distributed import make_accelerator
 from vitdetect.errors import VitdetectError
 from vitdetect.inference import TrainedModel, fake_probabilities
 from vitdetect.labels import CLASS_NAMES
+from vitdetect.locking import output_lock
 from vitdetect.metrics import (
     METRICS_NAME,
     PREDICTIONS_NAME,
@@ -43,14 +45,34 @@ class EvaluationResult:
 
 
 def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> EvaluationResult:
+    """Evaluate, holding the output folder's lock (and the checkpoint's, when its threshold is rewritten)."""
     started = time.perf_counter()
     accelerator = make_accelerator(settings.cpu)
+    trained = TrainedModel.load(settings.checkpoint)  # a bad checkpoint fails before any folder is touched
+    output_dir = settings.output_dir or settings.checkpoint.parent
+    with ExitStack() as locks:
+        for folder in folders_written(settings, output_dir):
+            locks.enter_context(output_lock(folder, accelerator))
+        if settings.set_threshold_at_fpr is not None:  # the checkpoint as it is now that no one else writes it
+            trained = TrainedModel.load(settings.checkpoint)
+        result = run_evaluation(settings, trained, output_dir, accelerator, reporter)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def folders_written(settings: EvaluateSettings, output_dir: Path) -> list[Path]:
+    """The output folder, and the checkpoint's folder when --set-threshold-at-fpr rewrites the checkpoint."""
+    folders = [output_dir]
+    checkpoint_dir = settings.checkpoint.parent
+    if settings.set_threshold_at_fpr is not None and checkpoint_dir.resolve() != output_dir.resolve():
+        folders.append(checkpoint_dir)
+    return folders
+
+
+def run_evaluation(settings: EvaluateSettings, trained: TrainedModel, output_dir: Path, accelerator,
+                   reporter: Reporter | None) -> EvaluationResult:
     main = accelerator.is_main_process
     reporter = reporter or Reporter(settings.quiet, enabled=main)
-    trained = TrainedModel.load(settings.checkpoint)
-    output_dir = settings.output_dir or settings.checkpoint.parent
-    if main:
-        ensure_writable_dir(output_dir)
     with accelerator.local_main_process_first():  # one decoder per machine; the others read its cache
         images = load_split_reported(settings.data_dir, settings.split, trained.prep.storage_size,
                                      settings.cache_dir, output_dir, reporter)
@@ -79,8 +101,7 @@ def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> Ev
 
         figures = evaluation_figures(output_dir, settings.format).written
     accelerator.wait_for_everyone()
-    seconds = time.perf_counter() - started
-    return EvaluationResult(metrics, output_dir, seconds, images_per_second, figures, stored)
+    return EvaluationResult(metrics, output_dir, 0.0, images_per_second, figures, stored)
 
 
 def threshold_for_fpr(labels: np.ndarray, p_fake: np.ndarray, settings: EvaluateSettings) -> dict[str, Any]:

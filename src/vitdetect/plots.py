@@ -31,6 +31,8 @@ from vitdetect.metrics import (
 )
 
 FORMATS = ("png", "svg", "pdf")
+TRAINING_FIGURES = ("epoch_training_curves", "batch_training_curves")
+EVALUATION_FIGURES = ("confusion_matrix", "roc_curve", "pr_curve", "score_histogram", "calibration")
 DPI = 150
 # seaborn's colour-blind palette: blue, vermillion, green, pink; dark grey for reference lines.
 CLASS_COLOURS = dict(zip(CLASS_NAMES, ("#0173b2", "#d55e00"), strict=True))
@@ -70,10 +72,8 @@ def all_figures(results_dir: Path, fmt: str = "png") -> PlotResult:
 def training_figures(results_dir: Path, fmt: str = "png") -> PlotResult:
     """epoch_training_curves and batch_training_curves from the history files `train` writes."""
     result = PlotResult()
-    for name, source, draw in (
-        ("epoch_training_curves", EPOCH_HISTORY_NAME, draw_epoch_curves),
-        ("batch_training_curves", BATCH_HISTORY_NAME, draw_batch_curves),
-    ):
+    for name, source, draw in zip(TRAINING_FIGURES, (EPOCH_HISTORY_NAME, BATCH_HISTORY_NAME),
+                                  (draw_epoch_curves, draw_batch_curves), strict=True):
         table = read_table(Path(results_dir) / source)
         if table is None:
             result.skipped.append(f"skipped {name}.{fmt}: no {source} with rows in {results_dir}")
@@ -87,9 +87,8 @@ def evaluation_figures(results_dir: Path, fmt: str = "png") -> PlotResult:
     """Confusion matrix, ROC, PR, score histogram, reliability diagram: from metrics.json, predictions.csv."""
     results_dir = Path(results_dir)
     missing = [name for name in (METRICS_NAME, PREDICTIONS_NAME) if not (results_dir / name).is_file()]
-    figures = {"confusion_matrix": draw_confusion_matrix, "roc_curve": draw_roc_curve,
-               "pr_curve": draw_pr_curve, "score_histogram": draw_score_histogram,
-               "calibration": draw_calibration}
+    figures = dict(zip(EVALUATION_FIGURES, (draw_confusion_matrix, draw_roc_curve, draw_pr_curve,
+                                            draw_score_histogram, draw_calibration), strict=True))
     if missing:
         return PlotResult(skipped=[f"skipped {name}.{fmt}: no {' or '.join(missing)} in {results_dir} "
                                    "(run `vitdetect evaluate`)" for name in figures])

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from vitdetect.atomic import atomic_write_text
+from vitdetect.atomic import atomic_write_text, remove_leftovers, remove_path
 from vitdetect.checkpoint import (
     BEST_NAME,
     LAST_NAME,
@@ -25,13 +25,22 @@ from vitdetect.checkpoint import (
     save_checkpoint,
     save_pretrained_dir,
 )
+from vitdetect.data import SKIPPED_NAME
 from vitdetect.errors import UsageError, VitdetectError
-from vitdetect.metrics import BATCH_HISTORY_NAME, EPOCH_HISTORY_NAME
-from vitdetect.settings import TrainSettings, build_settings
+from vitdetect.metrics import BATCH_HISTORY_NAME, EPOCH_HISTORY_NAME, METRICS_NAME, PREDICTIONS_NAME
+from vitdetect.plots import EVALUATION_FIGURES, FORMATS, TRAINING_FIGURES
+from vitdetect.settings import Schedule, TrainSettings, build_settings
 from vitdetect.transforms import Preprocessing
 
 CONFIG_NAME = "config.json"
-ARTIFACT_NAMES = (BEST_NAME, LAST_NAME, PRETRAINED_DIR_NAME, CONFIG_NAME, EPOCH_HISTORY_NAME, BATCH_HISTORY_NAME)
+# Everything train and evaluate write into a run's folder: what --overwrite removes.
+RUN_OUTPUTS = (BEST_NAME, LAST_NAME, PRETRAINED_DIR_NAME, CONFIG_NAME, EPOCH_HISTORY_NAME, BATCH_HISTORY_NAME,
+               SKIPPED_NAME, METRICS_NAME, PREDICTIONS_NAME,
+               *(f"{name}.{fmt}" for name in TRAINING_FIGURES + EVALUATION_FIGURES for fmt in FORMATS))
+# What a new run would destroy: a model, its history, its evaluation. A run stopped before its first epoch
+# ended leaves only config.json (and skipped_images.json): nothing to lose, so a new run replaces them.
+RUN_EVIDENCE = (BEST_NAME, LAST_NAME, PRETRAINED_DIR_NAME, EPOCH_HISTORY_NAME, BATCH_HISTORY_NAME, METRICS_NAME,
+                PREDICTIONS_NAME)
 # Settings a resumed run may change: none of them alters what the finished run means.
 RESUMABLE_CHANGES = frozenset({"epochs", "quiet", "num_workers", "cache_dir"})
 
@@ -46,6 +55,25 @@ class TrainState:
     bad_epochs: int = 0
     epochs: list[dict[str, float]] = field(default_factory=list)
     batches: list[dict[str, float]] = field(default_factory=list)
+
+
+def prepare_output_dir(output_dir: Path, overwrite: bool, resuming: bool) -> None:
+    """Ready output_dir for a run; call it holding the folder's lock.
+
+    A folder that holds a run is refused unless overwrite (its outputs are removed first) or resuming (a
+    resumed run continues in its folder). Temp files that a killed run left are removed in every case.
+    """
+    found = [] if resuming else [name for name in RUN_EVIDENCE if (output_dir / name).exists()]
+    if found and not overwrite:
+        ways = ["--overwrite to replace it", "--output-dir to train into a new folder"]
+        if LAST_NAME in found:
+            ways.append(f"--resume {output_dir / LAST_NAME} to continue it")
+        raise VitdetectError(f"output dir {output_dir} already holds a run ({', '.join(found)}): pass "
+                             f"{', '.join(ways[:-1])}, or {ways[-1]}")
+    if overwrite and not resuming:
+        for name in RUN_OUTPUTS:
+            remove_path(output_dir / name)
+    remove_leftovers(output_dir, RUN_OUTPUTS)
 
 
 def save_best(output_dir: Path, model, settings, prep, epoch: int, metrics: dict[str, float]) -> None:
@@ -96,6 +124,13 @@ def resume_settings(checkpoint: Path, flags: dict[str, Any]) -> TrainSettings:
         names = ", ".join("--" + name.replace("_", "-") for name in refused)
         raise UsageError(f"cannot change {names} when resuming (the run would mean something else); "
                          f"only --epochs and output options may change")
+    if base.schedule == Schedule.cosine and requested.epochs != base.epochs:
+        raise UsageError(
+            f"cannot change --epochs from {base.epochs} to {requested.epochs} when resuming a run with the cosine "
+            f"schedule: its learning rate decays to 0 over the planned {base.epochs} epochs, so the resumed run "
+            f"would be neither that run nor a {requested.epochs}-epoch one; start a new run with --epochs "
+            f"{requested.epochs} (runs with --schedule constant can be extended)"
+        )
     return requested
 
 

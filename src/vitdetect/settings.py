@@ -62,6 +62,10 @@ class TrainSettings(_Settings):
 
     data_dir: Path = Field(Path("data/cifake"), description="CIFAKE root holding train/{REAL,FAKE}.")
     output_dir: Path = Field(Path("results"), description="Where checkpoints, history and figures go.")
+    overwrite: bool = Field(
+        False, description="Replace the run already in the output dir (its checkpoints, history, metrics and "
+        "figures) instead of refusing to train there."
+    )
     model: str = Field(
         DEFAULT_MODEL,
         description="Hub id, local save_pretrained directory, or scratch preset (e.g. scratch:vit-tiny-32; "

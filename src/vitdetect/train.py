@@ -1,4 +1,4 @@
-"""The training loop, readable top to bottom: `train(settings)` is all of it.
+"""The training loop, readable top to bottom: `train(settings)` locks the output folder, `run_training` trains.
 
 One loop on Accelerate runs unchanged on the CPU, one GPU, MPS, or several processes under
 `accelerate launch` / `torchrun`. Head-only training with the feature cache runs the frozen
@@ -19,18 +19,18 @@ import torch
 import torch.nn.functional as F
 
 from vitdetect import distributed
-from vitdetect.atomic import ensure_writable_dir, remove_leftovers
 from vitdetect.checkpoint import load_checkpoint
 from vitdetect.data import TensorBatches, keep_batch, load_split_reported, stratified_sample, stratified_split
 from vitdetect.errors import VitdetectError
 from vitdetect.interrupts import Interrupted, interruption_guard, interruption_message, saved_so_far
+from vitdetect.locking import output_lock
 from vitdetect.metrics import epoch_metrics
 from vitdetect.model import load_model, model_from_config, set_trainable
 from vitdetect.optim import make_optimizer, make_scheduler
 from vitdetect.progress import Reporter
 from vitdetect.run_artifacts import (
-    ARTIFACT_NAMES,
     TrainState,
+    prepare_output_dir,
     restore_training,
     save_best,
     save_last,
@@ -56,16 +56,20 @@ class TrainResult:
 
 
 def train(settings: TrainSettings, reporter: Reporter | None = None, resume: Path | None = None) -> TrainResult:
+    """Train into settings.output_dir, holding its lock for the whole run; resume: a last.pth to continue."""
+    accelerator = make_accelerator(settings)
+    reporter = reporter or Reporter(settings.quiet, enabled=accelerator.is_main_process)
+    with output_lock(settings.output_dir, accelerator):
+        prepare = functools.partial(prepare_output_dir, settings.output_dir, settings.overwrite, resume is not None)
+        distributed.on_main_process(prepare, accelerator)
+        return run_training(settings, accelerator, reporter, resume)
+
+
+def run_training(settings: TrainSettings, accelerator, reporter: Reporter, resume: Path | None) -> TrainResult:
     from accelerate.utils import set_seed
 
     started = time.perf_counter()
-    accelerator = make_accelerator(settings)
-    reporter = reporter or Reporter(settings.quiet, enabled=accelerator.is_main_process)
     output_dir = settings.output_dir
-    if accelerator.is_main_process:
-        ensure_writable_dir(output_dir)
-        remove_leftovers(output_dir, ARTIFACT_NAMES)  # temp files of a killed run
-
     resumed = load_checkpoint(resume, kind="last") if resume else None
     with accelerator.local_main_process_first():  # one decoder per machine; the others read its cache
         images = load_split_reported(settings.data_dir, "train", None, settings.cache_dir, output_dir, reporter)
@@ -303,7 +307,6 @@ def single_threaded(enabled: bool) -> Iterator[None]:
     finally:
         if enabled:
             torch.set_num_threads(threads)
-
 
 
 def epoch_line(row: dict[str, float], epochs: int) -> str:
