@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from vitdetect import tracking
 from vitdetect.atomic import atomic_write_text, ensure_writable_dir
 from vitdetect.checkpoint import save_checkpoint
 from vitdetect.data import ImageSet, load_split_reported
@@ -44,11 +45,12 @@ class EvaluationResult:
 
 def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> EvaluationResult:
     started = time.perf_counter()
-    accelerator = make_accelerator(settings.cpu)
+    output_dir = settings.output_dir or settings.checkpoint.parent
+    settings = tracking.with_run_name(settings, output_dir, settings.split)
+    accelerator = make_accelerator(settings.cpu, **tracking.accelerator_options(settings, output_dir))
     main = accelerator.is_main_process
     reporter = reporter or Reporter(settings.quiet, enabled=main)
     trained = TrainedModel.load(settings.checkpoint)
-    output_dir = settings.output_dir or settings.checkpoint.parent
     if main:
         ensure_writable_dir(output_dir)
     with accelerator.local_main_process_first():  # one decoder per machine; the others read its cache
@@ -78,6 +80,7 @@ def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> Ev
         from vitdetect.plots import evaluation_figures
 
         figures = evaluation_figures(output_dir, settings.format).written
+    tracking.log_evaluation(accelerator, settings, metrics, output_dir, figures)
     accelerator.wait_for_everyone()
     seconds = time.perf_counter() - started
     return EvaluationResult(metrics, output_dir, seconds, images_per_second, figures, stored)
