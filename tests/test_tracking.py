@@ -62,26 +62,38 @@ def metric_history(client, run, key: str) -> list[tuple[int, float]]:
     return [(metric.step, metric.value) for metric in client.get_metric_history(run.info.run_id, key)]
 
 
+def tracked_training(capsys, train_args, results: Path, report_to: str, run_name: str):
+    """A 2-epoch tiny training that logs every batch; its history.csv and batch_history.csv rows."""
+    assert run_main(capsys, *train_args, "--epochs", "2", "--log-every", "1", "--report-to", report_to,
+                    "--run-name", run_name)[0] == 0
+    return read_rows(results / "history.csv"), read_rows(results / "batch_history.csv")
+
+
+def epoch_step(row: dict[str, float]) -> int:
+    """The global optimizer step at which an epoch's numbers are logged: the step that ended it."""
+    return int(row["epoch"]) * STEPS_PER_EPOCH
+
+
+def batch_step(row: dict[str, float]) -> int:
+    return (int(row["epoch"]) - 1) * STEPS_PER_EPOCH + int(row["step"])
+
+
 def test_tensorboard_holds_the_history_the_hyperparameters_and_the_evaluation(train_args, tiny_data, tmp_path,
                                                                                capsys):
     """Must-show 1: event files read back with TensorBoard's EventAccumulator equal history.csv."""
     pytest.importorskip("tensorboard")
     results = tmp_path / "results"
-    assert run_main(capsys, *train_args, "--epochs", "2", "--log-every", "1", "--report-to", "tensorboard",
-                    "--run-name", "tiny-tb")[0] == 0
+    history, batches = tracked_training(capsys, train_args, results, "tensorboard", "tiny-tb")
     events, sessions = tensorboard_run(results / "tiny-tb")
 
-    history, batches = read_rows(results / "history.csv"), read_rows(results / "batch_history.csv")
-    steps = [int(row["epoch"]) * STEPS_PER_EPOCH for row in history]
     for column in ("val_loss", "val_accuracy", "val_f1", "train_loss", "lr"):
         # TensorBoard keeps scalars as float32: equal to the float32 of history.csv's value.
         assert series(events, tracking.tracker_key(column)) == [
-            (step, np.float32(row[column])) for step, row in zip(steps, history, strict=True)], column
-    assert series(events, "batch/loss") == [
-        ((int(row["epoch"]) - 1) * STEPS_PER_EPOCH + int(row["step"]), np.float32(row["loss"])) for row in batches]
-    best = min(history, key=lambda row: row["val_loss"])
-    assert series(events, "best/epoch") == [(steps[-1], best["epoch"])]
-    assert series(events, "best/val/loss") == [(steps[-1], np.float32(best["val_loss"]))]
+            (epoch_step(row), np.float32(row[column])) for row in history], column
+    assert series(events, "batch/loss") == [(batch_step(row), np.float32(row["loss"])) for row in batches]
+    best, last = min(history, key=lambda row: row["val_loss"]), epoch_step(history[-1])
+    assert series(events, "best/epoch") == [(last, best["epoch"])]
+    assert series(events, "best/val/loss") == [(last, np.float32(best["val_loss"]))]
     assert set(events.Tags()["images"]) == {"figures/epoch_training_curves", "figures/batch_training_curves"}
     assert events.Images("figures/epoch_training_curves")[0].width > 300
 
@@ -118,19 +130,15 @@ def test_mlflow_local_store_holds_the_same_numbers_and_evaluations_join_by_name(
     """Must-show 2: a second tracker, MLflow's local store in the output dir, read back with MlflowClient."""
     pytest.importorskip("mlflow")
     results = tmp_path / "results"
-    assert run_main(capsys, *train_args, "--epochs", "2", "--log-every", "1", "--report-to", "mlflow",
-                    "--run-name", "tiny-ml")[0] == 0
+    history, batches = tracked_training(capsys, train_args, results, "mlflow", "tiny-ml")
     client = mlflow_client(results / tracking.MLFLOW_STORE)
     [run] = mlflow_runs(client)
     assert (run.info.run_name, run.info.status) == ("tiny-ml", "FINISHED")
 
-    history, batches = read_rows(results / "history.csv"), read_rows(results / "batch_history.csv")
-    steps = [int(row["epoch"]) * STEPS_PER_EPOCH for row in history]
     for column in ("val_loss", "val_accuracy", "train_loss", "lr"):  # MLflow keeps float64: exactly equal
         assert metric_history(client, run, tracking.tracker_key(column)) == [
-            (step, row[column]) for step, row in zip(steps, history, strict=True)], column
-    assert metric_history(client, run, "batch/accuracy") == [
-        ((int(row["epoch"]) - 1) * STEPS_PER_EPOCH + int(row["step"]), row["accuracy"]) for row in batches]
+            (epoch_step(row), row[column]) for row in history], column
+    assert metric_history(client, run, "batch/accuracy") == [(batch_step(row), row["accuracy"]) for row in batches]
     assert run.data.metrics["best/epoch"] == min(history, key=lambda row: row["val_loss"])["epoch"]
     assert run.data.params["lr"] == "0.0005" and run.data.params["preprocessing/mean"] == "0.5,0.5,0.5"
     figures = [artifact.path for artifact in client.list_artifacts(run.info.run_id, "figures")]
@@ -154,7 +162,7 @@ def test_mlflow_local_store_holds_the_same_numbers_and_evaluations_join_by_name(
 def test_a_run_interrupted_mid_epoch_and_resumed_continues_the_same_run(train_args, tmp_path, capsys,
                                                                         monkeypatch):
     """The epoch that was cut short runs again: TensorBoard hides its first events (purge_step) and MLflow
-    continues the same run; the hyperparameters are logged once."""
+    continues the same run; the hyperparameters are logged once. A new training of that name starts over."""
     pytest.importorskip("tensorboard")
     pytest.importorskip("mlflow")
     results = tmp_path / "results"
@@ -175,13 +183,22 @@ def test_a_run_interrupted_mid_epoch_and_resumed_continues_the_same_run(train_ar
     assert [row["epoch"] for row in history] == [1, 2, 3]
     events, sessions = tensorboard_run(results / "cut")
     assert [value for _, value in series(events, "val/loss")] == [np.float32(row["val_loss"]) for row in history]
-    assert series(events, "batch/loss") == [
-        ((int(row["epoch"]) - 1) * STEPS_PER_EPOCH + int(row["step"]), np.float32(row["loss"])) for row in batches]
+    assert series(events, "batch/loss") == [(batch_step(row), np.float32(row["loss"])) for row in batches]
     assert len(sessions) == 1
 
     client = mlflow_client(results / tracking.MLFLOW_STORE)
     [run] = mlflow_runs(client)
     assert [value for _, value in metric_history(client, run, "val/loss")] == [row["val_loss"] for row in history]
+
+    # A new training under a taken name is a new run: TensorBoard hides the old events, MLflow adds a run.
+    assert run_main(capsys, *train_args, "--epochs", "1", "--report-to", "tensorboard,mlflow", "--run-name",
+                    "cut")[0] == 0
+    [new_row] = read_rows(results / "history.csv")
+    events, sessions = tensorboard_run(results / "cut")
+    assert series(events, "val/loss") == [(STEPS_PER_EPOCH, np.float32(new_row["val_loss"]))]
+    old, new = mlflow_runs(client)
+    assert old.info.run_id == run.info.run_id and new.info.run_name == "cut"
+    assert metric_history(client, new, "val/loss") == [(STEPS_PER_EPOCH, new_row["val_loss"])]
 
 
 def test_an_unknown_or_missing_tracker_is_one_line_before_training_starts(train_args, tmp_path, capsys,

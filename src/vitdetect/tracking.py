@@ -6,8 +6,8 @@ global optimizer step, the best epoch, evaluation numbers and figures. Only the 
 (Accelerate's tracker calls do nothing on the others). Code for one tracker is kept to what Accelerate has
 no API for: TensorBoard's run folder, MLflow's local store and finding a run by name, W&B's run id, images.
 
-A run is its name: the same --run-name with the same --logging-dir (or tracking server) continues the same
-run in every tracker, for a resumed training and for an evaluation of its checkpoint.
+A run is its name. A training starts a new run under its name; a resumed training, and an evaluation given
+that --run-name (with the same --logging-dir or tracking server), continue it.
 """
 
 from __future__ import annotations
@@ -47,7 +47,13 @@ def with_run_name(settings, folder: Path, *labels: str):
     return settings.model_copy(update={"run_name": "-".join((stem, *labels, time.strftime("%Y%m%d-%H%M%S")))})
 
 
-def accelerator_options(settings, output_dir: Path, resumed_step: int | None = None) -> dict[str, Any]:
+def training_options(settings, resumed_step: int | None) -> dict[str, Any]:
+    """accelerator_options for `train`. TensorBoard hides a folder's events from purge_step on: a new training
+    replaces an earlier run of its name, a resumed one the events of the epoch it was stopped in and repeats."""
+    return accelerator_options(settings, settings.output_dir, 0 if resumed_step is None else resumed_step + 1)
+
+
+def accelerator_options(settings, output_dir: Path, purge_step: int | None = None) -> dict[str, Any]:
     """Accelerator(...) arguments for settings.report_to, after checking that every tracker is installed."""
     if not settings.report_to:
         return {}
@@ -56,9 +62,7 @@ def accelerator_options(settings, output_dir: Path, resumed_step: int | None = N
     from accelerate.utils import ProjectConfiguration
 
     folder = logging_dir(settings, output_dir)
-    # Accelerate names TensorBoard's folder after the project: build it here, one folder per run. A resumed
-    # run repeats the epoch it was stopped in; purge_step hides that epoch's earlier events.
-    purge_step = None if resumed_step is None else resumed_step + 1
+    # Accelerate would name TensorBoard's folder after the project: built here, one folder per run.
     log_with = [TensorBoardTracker(settings.run_name, folder, purge_step=purge_step) if name == "tensorboard"
                 else name for name in settings.report_to]
     return {"log_with": log_with,
@@ -84,15 +88,23 @@ def check_trackers(names: Iterable[str]) -> None:
 
 
 class Run:
-    """The trackers' run, started on entering and finished on leaving, however the work ends."""
+    """The trackers' run, started on entering and finished on leaving, however the work ends. continues: join
+    the run of this name where the tracker can find it, rather than start a new one."""
 
-    def __init__(self, accelerator, settings, output_dir: Path, hyperparameters: dict[str, Any] | None = None):
+    def __init__(self, accelerator, settings, output_dir: Path, hyperparameters: dict[str, Any] | None = None,
+                 continues: bool = True):
         self.accelerator = accelerator
-        init_kwargs = {}
-        if settings.report_to and accelerator.is_main_process:
-            init_kwargs = run_options(settings.report_to, settings.run_name, logging_dir(settings, output_dir))
+        if not (settings.report_to and accelerator.is_main_process):
+            return  # Accelerate's tracker calls do nothing on the other processes
         config = flatten_hyperparameters(hyperparameters) if hyperparameters else None
-        accelerator.init_trackers(PROJECT, config=config, init_kwargs=init_kwargs)  # main process only
+        try:
+            options = run_options(settings.report_to, settings.run_name, logging_dir(settings, output_dir),
+                                  continues)
+            accelerator.init_trackers(PROJECT, config=config, init_kwargs=options)
+        except Exception as exc:  # noqa: BLE001 - a server not reachable, a W&B run id taken, ...
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise VitdetectError(f"--report-to: the trackers could not start run '{settings.run_name}': "
+                                 f"{reason}") from exc
 
     def log(self, values: dict[str, float], step: int | None = None) -> None:
         self.accelerator.log(values, step=step)
@@ -119,7 +131,8 @@ class TrainingRun(Run):
 
     def __init__(self, accelerator, settings, config: dict[str, Any], resumed_settings: dict[str, Any] | None):
         tracked_before = bool(resumed_settings and resumed_settings.get("report_to"))
-        super().__init__(accelerator, settings, settings.output_dir, None if tracked_before else config)
+        super().__init__(accelerator, settings, settings.output_dir, None if tracked_before else config,
+                         continues=resumed_settings is not None)
 
     def log_batch(self, row: dict[str, float], step: int) -> None:
         self.log({"batch/loss": row["loss"], "batch/accuracy": row["accuracy"]}, step)
@@ -190,20 +203,22 @@ def named_confusion_matrix(metrics: dict[str, Any]) -> dict[str, dict[str, int]]
                                                                            strict=True)}
 
 
-def run_options(names: tuple[str, ...], run_name: str, folder: Path) -> dict[str, dict[str, Any]]:
-    """init_trackers' per-tracker options that give the run its name, and the same run for the same name."""
+def run_options(names: tuple[str, ...], run_name: str, folder: Path, continues: bool) -> dict[str, dict[str, Any]]:
+    """init_trackers' per-tracker options: the run's name, and the run of that name when continuing it."""
     options: dict[str, dict[str, Any]] = {}
     if "mlflow" in names:
-        options["mlflow"] = mlflow_options(run_name, folder)
-    if "wandb" in names:  # the run id is the name; "allow" continues that run when it exists
+        options["mlflow"] = mlflow_options(run_name, folder, continues)
+    if "wandb" in names:  # the run id is the name: a new run refuses a taken one
         folder.mkdir(parents=True, exist_ok=True)
-        options["wandb"] = {"name": run_name, "id": run_name, "resume": "allow", "dir": str(folder)}
+        options["wandb"] = {"name": run_name, "id": run_name, "resume": "allow" if continues else "never",
+                            "dir": str(folder)}
     return options
 
 
-def mlflow_options(run_name: str, folder: Path) -> dict[str, Any]:
-    """The MLflow run of that name, if one exists. Without a tracking server (MLFLOW_TRACKING_URI), runs
-    go to a SQLite store and artifacts to a folder, both in the logging dir: nothing touches the network."""
+def mlflow_options(run_name: str, folder: Path, continues: bool) -> dict[str, Any]:
+    """The run's name, and when continuing, the latest MLflow run of that name if there is one. Without a
+    tracking server (MLFLOW_TRACKING_URI), runs go to a SQLite store and artifacts to a folder, both in the
+    logging dir: nothing touches the network."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # read when mlflow is first imported
     import mlflow
 
@@ -215,7 +230,7 @@ def mlflow_options(run_name: str, folder: Path) -> dict[str, Any]:
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating tables...": not news
         options["logging_dir"] = str((folder / MLFLOW_ARTIFACTS).resolve())  # artifact root of a new experiment
     experiment = mlflow.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME", PROJECT))
-    if experiment is not None:
+    if continues and experiment is not None:
         runs = mlflow.search_runs([experiment.experiment_id], filter_string=f"attributes.run_name = '{run_name}'",
                                   order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
         options["run_id"] = runs[0].info.run_id if runs else None

@@ -198,7 +198,7 @@ def make_accelerator(settings: TrainSettings, resumed_step: int | None = None):
         # data_seed: every process shuffles the same way, so their shards of an epoch do not overlap
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=settings.seed,
                                                   non_blocking=True),
-        **tracking.accelerator_options(settings, settings.output_dir, resumed_step),
+        **tracking.training_options(settings, resumed_step),
     )
 
 
