@@ -126,11 +126,12 @@ class Run:
 
 
 class TrainingRun(Run):
-    """What `train` logs. A resumed run logs its hyperparameters again only if it was not tracked before:
-    MLflow refuses a changed value, and a resumed run may raise --epochs."""
+    """What `train` logs. A resumed run logs its hyperparameters again only if its run was not tracked
+    before: MLflow refuses a changed value, and a resumed run may raise --epochs."""
 
     def __init__(self, accelerator, settings, config: dict[str, Any], resumed_settings: dict[str, Any] | None):
-        tracked_before = bool(resumed_settings and resumed_settings.get("report_to"))
+        tracked_before = bool(resumed_settings and resumed_settings.get("report_to")
+                              and resumed_settings.get("run_name") == settings.run_name)
         super().__init__(accelerator, settings, settings.output_dir, None if tracked_before else config,
                          continues=resumed_settings is not None)
 
