@@ -15,8 +15,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from typer.testing import CliRunner
 
 from conftest import make_dataset
@@ -98,7 +100,8 @@ def two_process_run(tmp_path_factory: pytest.TempPathFactory):
     data = make_dataset(root / "cifake", per_class=41, splits=("train",))
     output = root / "results"
     flags = ["--data-dir", str(data), "--output-dir", str(output), "--model", "scratch:vit-micro-32",
-             "--batch-size", "6", "--epochs", "2", "--log-every", "1", "--cache-dir", str(root / "cache")]
+             "--batch-size", "6", "--epochs", "2", "--log-every", "1", "--cache-dir", str(root / "cache"),
+             "--report-to", "tensorboard", "--run-name", "two"]
     proc = torchrun("-m", "vitdetect", "train", *flags, cwd=root)
     return root, data, output, proc
 
@@ -115,6 +118,11 @@ def test_two_process_training_writes_once_and_its_validation_metrics_are_exact(t
     assert [p.name for p in output.iterdir() if p.name.startswith(".")] == [LOCK_NAME]
     history = read_rows(output / "history.csv")
     assert [int(row["epoch"]) for row in history] == [1, 2]
+    # One TensorBoard writer, the main process's, with the gathered validation loss.
+    assert len(list((output / "two").glob("events.*"))) == 1
+    events = EventAccumulator(str(output / "two"))
+    events.Reload()
+    assert [event.value for event in events.Scalars("val/loss")] == [np.float32(row["val_loss"]) for row in history]
     best = min(history, key=lambda row: float(row["val_loss"]))
 
     # The same validation split, scored afterwards by one process through `vitdetect evaluate`.

@@ -102,7 +102,7 @@ def described(settings: type, name: str, *flags: str, **kwargs: Any) -> Any:
     """A typer Option whose help and shown default come from the settings model: one place for both."""
     info = settings.model_fields[name]
     default = info.default if info.default_factory is None else info.default_factory()
-    shown = getattr(default, "value", default)
+    shown = (",".join(default) or "none") if isinstance(default, tuple) else getattr(default, "value", default)
     if info.annotation is bool:
         kwargs.setdefault("metavar", "")  # a flag takes no value: no <bool> in --help
     return typer.Option(None, *flags, help=f"{info.description} (default: {shown})", show_default=False, **kwargs)
@@ -156,6 +156,9 @@ def train(
     max_images: int = described(TrainSettings, "max_images", "--max-images"),
     cache_dir: Path = described(TrainSettings, "cache_dir", "--cache-dir"),
     quiet: bool = described(TrainSettings, "quiet", "--quiet/--no-quiet", "-q"),
+    report_to: str = described(TrainSettings, "report_to", "--report-to", metavar="NAME[,NAME]"),
+    run_name: str = described(TrainSettings, "run_name", "--run-name"),
+    logging_dir: Path = described(TrainSettings, "logging_dir", "--logging-dir"),
     config: Path = typer.Option(None, "--config", help="TOML or YAML file with the same keys; flags override it."),
     resume: Path = typer.Option(None, "--resume", help="Continue a run from its last.pth (e.g. results/last.pth)."),
 ) -> None:
@@ -222,6 +225,9 @@ def evaluate(
     cpu: bool = described(EvaluateSettings, "cpu", "--cpu/--no-cpu"),
     cache_dir: Path = described(EvaluateSettings, "cache_dir", "--cache-dir"),
     quiet: bool = described(EvaluateSettings, "quiet", "--quiet/--no-quiet", "-q"),
+    report_to: str = described(EvaluateSettings, "report_to", "--report-to", metavar="NAME[,NAME]"),
+    run_name: str = described(EvaluateSettings, "run_name", "--run-name"),
+    logging_dir: Path = described(EvaluateSettings, "logging_dir", "--logging-dir"),
 ) -> None:
     """Score DATA_DIR/SPLIT with a checkpoint: metrics.json, predictions.csv and figures (FAKE = positive)."""
     settings = build_settings(EvaluateSettings, None, **locals())

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from vitdetect import tracking
 from vitdetect.atomic import atomic_write_text
 from vitdetect.checkpoint import save_checkpoint
 from vitdetect.data import ImageSet, load_split_reported
@@ -47,9 +48,10 @@ class EvaluationResult:
 def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> EvaluationResult:
     """Evaluate, holding the output folder's lock (and the checkpoint's, when its threshold is rewritten)."""
     started = time.perf_counter()
-    accelerator = make_accelerator(settings.cpu)
-    trained = TrainedModel.load(settings.checkpoint)  # a bad checkpoint fails before any folder is touched
     output_dir = settings.output_dir or settings.checkpoint.parent
+    settings = tracking.with_run_name(settings, output_dir, settings.split)
+    accelerator = make_accelerator(settings.cpu, **tracking.accelerator_options(settings, output_dir))
+    trained = TrainedModel.load(settings.checkpoint)  # a bad checkpoint fails before any folder is touched
     with ExitStack() as locks:
         for folder in folders_written(settings, output_dir):
             locks.enter_context(output_lock(folder, accelerator))
@@ -100,6 +102,7 @@ def run_evaluation(settings: EvaluateSettings, trained: TrainedModel, output_dir
         from vitdetect.plots import evaluation_figures
 
         figures = evaluation_figures(output_dir, settings.format).written
+    tracking.log_evaluation(accelerator, settings, metrics, output_dir, figures)
     accelerator.wait_for_everyone()
     return EvaluationResult(metrics, output_dir, 0.0, images_per_second, figures, stored)
 

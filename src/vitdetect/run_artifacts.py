@@ -42,7 +42,7 @@ RUN_OUTPUTS = (BEST_NAME, LAST_NAME, PRETRAINED_DIR_NAME, CONFIG_NAME, EPOCH_HIS
 RUN_EVIDENCE = (BEST_NAME, LAST_NAME, PRETRAINED_DIR_NAME, EPOCH_HISTORY_NAME, BATCH_HISTORY_NAME, METRICS_NAME,
                 PREDICTIONS_NAME)
 # Settings a resumed run may change: none of them alters what the finished run means.
-RESUMABLE_CHANGES = frozenset({"epochs", "quiet", "num_workers", "cache_dir"})
+RESUMABLE_CHANGES = frozenset({"epochs", "quiet", "num_workers", "cache_dir", "report_to", "run_name", "logging_dir"})
 
 
 @dataclass
@@ -53,6 +53,7 @@ class TrainState:
     best_val_loss: float = math.inf
     best_epoch: int = 0
     bad_epochs: int = 0
+    global_step: int = 0  # optimizer steps (per process) up to the end of the last completed epoch
     epochs: list[dict[str, float]] = field(default_factory=list)
     batches: list[dict[str, float]] = field(default_factory=list)
 
@@ -90,7 +91,7 @@ def save_last(output_dir: Path, model, settings, prep, state: TrainState, optimi
         scaler=accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
         rng=rng_state(),
         train_state={"epoch": state.epoch, "best_val_loss": state.best_val_loss, "best_epoch": state.best_epoch,
-                     "bad_epochs": state.bad_epochs},
+                     "bad_epochs": state.bad_epochs, "global_step": state.global_step},
         history={"epochs": state.epochs, "batches": state.batches},
     )
     save_checkpoint(output_dir / LAST_NAME, payload)
@@ -105,7 +106,12 @@ def restore_training(resumed: dict[str, Any], optimizer, scheduler, accelerator)
     saved = resumed["train_state"]
     history = resumed["history"]
     return TrainState(saved["epoch"], saved["best_val_loss"], saved["best_epoch"], saved["bad_epochs"],
-                      list(history["epochs"]), list(history["batches"]))
+                      resumed_step(resumed), list(history["epochs"]), list(history["batches"]))
+
+
+def resumed_step(resumed: dict[str, Any] | None) -> int | None:
+    """The global step a resumed run starts from; None for a fresh run."""
+    return None if resumed is None else resumed["train_state"].get("global_step", 0)  # 0: vitdetect 0.1
 
 
 def resume_settings(checkpoint: Path, flags: dict[str, Any]) -> TrainSettings:
@@ -134,16 +140,20 @@ def resume_settings(checkpoint: Path, flags: dict[str, Any]) -> TrainSettings:
     return requested
 
 
-def write_config(output_dir: Path, settings: TrainSettings, prep: Preprocessing, trainable: int, total: int,
-                 processes: int) -> None:
-    resolved = {
+def resolved_config(settings: TrainSettings, prep: Preprocessing, trainable: int, total: int,
+                    processes: int) -> dict[str, Any]:
+    """config.json: the run's settings and what they resolved to; also its hyperparameters in the trackers."""
+    return {
         "settings": settings.to_json_dict(),
         "preprocessing": prep.to_dict(),
         "parameters": {"trainable": trainable, "total": total},
         "processes": processes,
         "images_per_step": processes * settings.batch_size,
     }
-    atomic_write_text(output_dir / CONFIG_NAME, json.dumps(resolved, indent=2) + "\n")
+
+
+def write_config(output_dir: Path, config: dict[str, Any]) -> None:
+    atomic_write_text(output_dir / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
 
 
 def write_history(output_dir: Path, state: TrainState) -> None:

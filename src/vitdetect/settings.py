@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from vitdetect.errors import UsageError
 from vitdetect.presets import recipe_for
@@ -24,6 +25,7 @@ DEFAULT_MODEL = "google/vit-base-patch16-224"
 # NumPy seeds must stay below 2**32 after adding the epoch and process index.
 MAX_SEED = 2**31 - 1
 MAX_BATCH_SIZE = 2**20
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 def default_cache_dir() -> Path:
@@ -57,7 +59,46 @@ class _Settings(BaseModel):
         return json.loads(self.model_dump_json())
 
 
-class TrainSettings(_Settings):
+class _TrackingSettings(_Settings):
+    """Where `train` and `evaluate` report their numbers, through Accelerate's experiment trackers."""
+
+    report_to: tuple[str, ...] = Field(
+        (), description="Experiment trackers, comma-separated: tensorboard, mlflow, wandb, or any other that "
+        "Accelerate supports (comet_ml, aim, clearml, dvclive, ...); none: no tracker."
+    )
+    run_name: str | None = Field(
+        None, description="Name of the run in the trackers; the same name continues the same run (unset: the output "
+        "folder's name and the start time).",
+    )
+    logging_dir: Path | None = Field(
+        None, description="Folder for the trackers that write files (TensorBoard events, the MLflow store); "
+        "unset: the output dir."
+    )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _tracker_names(cls, value: Any) -> Any:
+        names = value.split(",") if isinstance(value, str) else value
+        if not isinstance(names, list | tuple):
+            return value
+        names = [str(name).strip().lower() for name in names]
+        if names in (["none"], [""]):
+            return ()
+        if "none" in names or "" in names:
+            raise ValueError("give tracker names separated by commas, or none")
+        return tuple(dict.fromkeys(names))
+
+    @field_validator("run_name")
+    @classmethod
+    def _safe_run_name(cls, value: str | None) -> str | None:
+        # It names a folder (TensorBoard) and a run id (W&B): no separators, nothing to escape.
+        if value is not None and not RUN_NAME.fullmatch(value):
+            raise ValueError("use letters, digits, '_', '.' and '-', starting with a letter or digit, at most "
+                             "128 characters")
+        return value
+
+
+class TrainSettings(_TrackingSettings):
     """`vitdetect train`. Defaults are the reference recipe: frozen backbone, head only."""
 
     data_dir: Path = Field(Path("data/cifake"), description="CIFAKE root holding train/{REAL,FAKE}.")
@@ -133,7 +174,7 @@ class _FigureSettings(_Settings):
     format: FigureFormat = Field(FigureFormat.png, description="File format of the figures.")
 
 
-class EvaluateSettings(_FigureSettings):
+class EvaluateSettings(_FigureSettings, _TrackingSettings):
     """`vitdetect evaluate`: score a split with a checkpoint, save metrics, predictions and figures."""
 
     checkpoint: Path = Field(

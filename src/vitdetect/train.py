@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vitdetect import distributed
+from vitdetect import distributed, tracking
 from vitdetect.checkpoint import load_checkpoint
 from vitdetect.data import TensorBatches, keep_batch, load_split_reported, stratified_sample, stratified_split
 from vitdetect.errors import VitdetectError
@@ -31,7 +31,9 @@ from vitdetect.progress import Reporter
 from vitdetect.run_artifacts import (
     TrainState,
     prepare_output_dir,
+    resolved_config,
     restore_training,
+    resumed_step,
     save_best,
     save_last,
     write_config,
@@ -57,20 +59,22 @@ class TrainResult:
 
 def train(settings: TrainSettings, reporter: Reporter | None = None, resume: Path | None = None) -> TrainResult:
     """Train into settings.output_dir, holding its lock for the whole run; resume: a last.pth to continue."""
-    accelerator = make_accelerator(settings)
+    resumed = load_checkpoint(resume, kind="last") if resume else None
+    settings = tracking.with_run_name(settings, settings.output_dir)
+    accelerator = make_accelerator(settings, resumed_step(resumed))
     reporter = reporter or Reporter(settings.quiet, enabled=accelerator.is_main_process)
     with output_lock(settings.output_dir, accelerator):
         prepare = functools.partial(prepare_output_dir, settings.output_dir, settings.overwrite, resume is not None)
         distributed.on_main_process(prepare, accelerator)
-        return run_training(settings, accelerator, reporter, resume)
+        return run_training(settings, accelerator, reporter, resume, resumed)
 
 
-def run_training(settings: TrainSettings, accelerator, reporter: Reporter, resume: Path | None) -> TrainResult:
+def run_training(settings: TrainSettings, accelerator, reporter: Reporter, resume: Path | None,
+                 resumed: dict | None) -> TrainResult:
     from accelerate.utils import set_seed
 
     started = time.perf_counter()
     output_dir = settings.output_dir
-    resumed = load_checkpoint(resume, kind="last") if resume else None
     with accelerator.local_main_process_first():  # one decoder per machine; the others read its cache
         images = load_split_reported(settings.data_dir, "train", None, settings.cache_dir, output_dir, reporter)
     set_seed(settings.seed)
@@ -93,8 +97,9 @@ def run_training(settings: TrainSettings, accelerator, reporter: Reporter, resum
         f"{accelerator.num_processes} process(es) x batch {settings.batch_size} = "
         f"{accelerator.num_processes * settings.batch_size} images per step on {accelerator.device}"
     )
+    config = resolved_config(settings, prep, trainable, total, accelerator.num_processes)
     if accelerator.is_main_process:
-        write_config(output_dir, settings, prep, trainable, total, accelerator.num_processes)
+        write_config(output_dir, config)
 
     model.to(accelerator.device)
     augmentation = build_augmentation(settings.rotation_degrees, settings.color_jitter, settings.crop_padding,
@@ -128,6 +133,11 @@ def run_training(settings: TrainSettings, accelerator, reporter: Reporter, resum
     if resumed:
         state = restore_training(resumed, optimizer, scheduler, accelerator)
         reporter.info(f"resuming after epoch {state.epoch} from {resume}")
+    tracker = tracking.TrainingRun(accelerator, settings, config, resumed and resumed["settings"])
+
+    def log_batch(row: dict[str, float]) -> None:
+        state.batches.append(row)
+        tracker.log_batch(row, state.global_step + row["step"])
 
     def forward(inputs: torch.Tensor, training: bool, epoch: int) -> torch.Tensor:
         if use_features:
@@ -137,7 +147,7 @@ def run_training(settings: TrainSettings, accelerator, reporter: Reporter, resum
         return trained_module(pixel_values=pixels).logits
 
     stopped_early = False
-    with reporter.bars(), interruption_guard() as interrupted, single_threaded(
+    with tracker, reporter.bars(), interruption_guard() as interrupted, single_threaded(
         use_features and accelerator.device.type == "cpu"
     ), reporter.task("epochs", settings.epochs, unit="epoch", transient=True) as epoch_bar:
         epoch_bar.advance(state.epoch)
@@ -150,7 +160,7 @@ def run_training(settings: TrainSettings, accelerator, reporter: Reporter, resum
                 model.vit.eval()  # a frozen backbone stays in inference mode (dropout off)
             train_metrics = run_epoch(
                 functools.partial(forward, training=True, epoch=epoch), train_loader, accelerator, reporter,
-                settings, epoch, interrupted, optimizer=optimizer, scheduler=scheduler, batch_log=state.batches,
+                settings, epoch, interrupted, optimizer=optimizer, scheduler=scheduler, log_batch=log_batch,
                 params=trained_module.parameters,
             )
             trained_module.eval()
@@ -163,7 +173,7 @@ def run_training(settings: TrainSettings, accelerator, reporter: Reporter, resum
                  **{f"val_{k}": v for k, v in val_metrics.items()},
                  "lr": scheduler.get_last_lr()[0], "seconds": seconds}
             )
-            state.epoch = epoch
+            state.epoch, state.global_step = epoch, state.global_step + len(train_loader)
             if val_metrics["loss"] < state.best_val_loss:
                 state.best_val_loss, state.best_epoch, state.bad_epochs = val_metrics["loss"], epoch, 0
                 if accelerator.is_main_process:
@@ -173,6 +183,7 @@ def run_training(settings: TrainSettings, accelerator, reporter: Reporter, resum
             if accelerator.is_main_process:
                 save_last(output_dir, model, settings, prep, state, optimizer, scheduler, accelerator)
                 write_history(output_dir, state)
+            tracker.log_epoch(state.epochs[-1], state.global_step)
             accelerator.wait_for_everyone()
             epoch_bar.advance(1, val_loss=val_metrics["loss"], val_acc=val_metrics["accuracy"])
             reporter.info(epoch_line(state.epochs[-1], settings.epochs))
@@ -180,14 +191,12 @@ def run_training(settings: TrainSettings, accelerator, reporter: Reporter, resum
                 stopped_early = True
                 reporter.info(f"early stopping: no better validation loss for {settings.patience} epochs")
                 break
-    if accelerator.is_main_process:
-        from vitdetect.plots import training_figures
-
-        training_figures(output_dir)
+        figures = write_training_figures(output_dir) if accelerator.is_main_process else []
+        tracker.log_summary(state, stopped_early, figures)
     return TrainResult(output_dir, state, trainable, total, stopped_early, time.perf_counter() - started)
 
 
-def make_accelerator(settings: TrainSettings):
+def make_accelerator(settings: TrainSettings, resumed_step: int | None = None):
     from accelerate.utils import DataLoaderConfiguration
 
     return distributed.make_accelerator(
@@ -195,7 +204,14 @@ def make_accelerator(settings: TrainSettings):
         # data_seed: every process shuffles the same way, so their shards of an epoch do not overlap
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=settings.seed,
                                                   non_blocking=True),
+        **tracking.training_options(settings, resumed_step),
     )
+
+
+def write_training_figures(output_dir: Path) -> list[Path]:
+    from vitdetect.plots import training_figures
+
+    return training_figures(output_dir).written
 
 
 def extract_features(
@@ -259,7 +275,7 @@ def run_epoch(
     interrupted: Callable[[], int],
     optimizer: torch.optim.Optimizer | None = None,
     scheduler=None,
-    batch_log: list[dict[str, float]] | None = None,
+    log_batch: Callable[[dict[str, float]], None] | None = None,
     params: Callable[[], Iterator[torch.nn.Parameter]] | None = None,
 ) -> dict[str, float]:
     """One pass over loader; trains when an optimizer is given. Metrics over all processes' samples."""
@@ -289,8 +305,8 @@ def run_epoch(
                 store.append(values.cpu())
             batch_loss = gathered[0].mean().item()
             batch_acc = (gathered[1] == gathered[2]).float().mean().item()
-            if batch_log is not None and (step % settings.log_every == 0 or step == 1):
-                batch_log.append({"epoch": epoch, "step": step, "loss": batch_loss, "accuracy": batch_acc})
+            if log_batch is not None and (step % settings.log_every == 0 or step == 1):
+                log_batch({"epoch": epoch, "step": step, "loss": batch_loss, "accuracy": batch_acc})
             bar.advance(len(gathered[0]), loss=batch_loss, acc=batch_acc)
     return epoch_metrics(*(torch.cat(store).numpy() for store in (labels, predictions, losses)))
 
