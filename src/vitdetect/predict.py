@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from rich.table import Table
@@ -29,10 +30,12 @@ from vitdetect.atomic import atomic_write_text
 from vitdetect.data import decode_images
 from vitdetect.distributed import make_accelerator
 from vitdetect.errors import UsageError, VitdetectError
+from vitdetect.explain import as_picture, heatmaps
 from vitdetect.images import IMAGE_EXTENSIONS, is_image_path
 from vitdetect.inference import TrainedModel, fake_probabilities
 from vitdetect.labels import ID2LABEL, POSITIVE_CLASS
 from vitdetect.metrics import classify
+from vitdetect.overlays import Explained, write_explanations
 from vitdetect.progress import Reporter
 from vitdetect.settings import OutputFormat, PredictSettings
 
@@ -103,6 +106,25 @@ class Detector:
                 results.extend(self._judge(names[chunk], *decoded))
                 bar.advance(len(names[chunk]))
         return results
+
+    def explain(self, images: Iterable[ImageSource], method: str = "rollout") -> list[np.ndarray | None]:
+        """One HxW float heatmap per image (H, W: the stored image size), in order; None where an image
+        cannot be decoded. method: "rollout" (attention rollout) or "gradcam"; see vitdetect.explain."""
+        return [None if item is None else item.heatmap for item in self.explained(images, method)]
+
+    def explained(self, images: Iterable[ImageSource], method: str = "rollout") -> list[Explained | None]:
+        """Each image as the model sees it, with its verdict and heatmap; None where it cannot be decoded."""
+        sources = list(images)
+        names = [_name(source, index) for index, source in enumerate(sources)]
+        decoded, kept, _ = self._decode(sources)
+        if not kept:
+            return [None] * len(sources)
+        p_fake = fake_probabilities(self.trained, decoded, self.batch_size, self.accelerator)
+        verdicts = classify(p_fake, self.threshold)
+        maps = heatmaps(self.trained, decoded, method, verdicts, self.accelerator.device, self.batch_size)
+        items = {index: Explained(as_picture(image), heat, float(p), ID2LABEL[int(verdict)], Path(names[index]).name)
+                 for index, image, heat, p, verdict in zip(kept, decoded, maps, p_fake, verdicts, strict=True)}
+        return [items.get(index) for index in range(len(sources))]
 
     def _decode(self, sources: list[ImageSource]) -> tuple[torch.Tensor, list[int], list[str]]:
         images, kept, failures = decode_images(sources, self.trained.prep.storage_size)
@@ -257,6 +279,9 @@ def run(settings: PredictSettings, patterns: Sequence[str], reporter: Reporter |
                                         batch_size=settings.batch_size, accelerator=accelerator,
                                         reporter=reporter)
     results = detector.predict(found.paths)
+    if settings.explain and accelerator.is_main_process:
+        written = write_explanations(detector, found.paths, settings.explain, settings.explain_method)
+        reporter.info(f"wrote {written:,} explanation(s) ({settings.explain_method}) to {settings.explain}")
     if settings.output and accelerator.is_main_process:
         try:
             atomic_write_text(settings.output, render(results, output_format(settings)))

@@ -32,8 +32,8 @@ from vitdetect.transforms import Preprocessing
 
 CONFIG_NAME = "config.json"
 ARTIFACT_NAMES = (BEST_NAME, LAST_NAME, PRETRAINED_DIR_NAME, CONFIG_NAME, EPOCH_HISTORY_NAME, BATCH_HISTORY_NAME)
-# Settings a resumed run may change: none of them alters what the finished run means.
-RESUMABLE_CHANGES = frozenset({"epochs", "quiet", "num_workers", "cache_dir"})
+# Settings a resumed run may change: none of them alters what the finished run means (calibrate acts after it).
+RESUMABLE_CHANGES = frozenset({"epochs", "quiet", "num_workers", "cache_dir", "calibrate"})
 
 
 @dataclass

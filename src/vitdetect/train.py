@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from vitdetect import distributed
 from vitdetect.atomic import ensure_writable_dir, remove_leftovers
+from vitdetect.calibration import TemperatureFit, after_training
 from vitdetect.checkpoint import load_checkpoint
 from vitdetect.data import TensorBatches, keep_batch, load_split_reported, stratified_sample, stratified_split
 from vitdetect.errors import VitdetectError
@@ -49,6 +50,7 @@ class TrainResult:
     total: int
     stopped_early: bool
     seconds: float
+    calibration: TemperatureFit | None = None  # the temperature fitted on the validation split
 
     @property
     def best(self) -> dict[str, float]:
@@ -175,11 +177,13 @@ def train(settings: TrainSettings, reporter: Reporter | None = None, resume: Pat
                 stopped_early = True
                 reporter.info(f"early stopping: no better validation loss for {settings.patience} epochs")
                 break
+    calibration = after_training(output_dir, val_set, settings, accelerator, reporter)
     if accelerator.is_main_process:
         from vitdetect.plots import training_figures
 
         training_figures(output_dir)
-    return TrainResult(output_dir, state, trainable, total, stopped_early, time.perf_counter() - started)
+    return TrainResult(output_dir, state, trainable, total, stopped_early, time.perf_counter() - started,
+                       calibration)
 
 
 def make_accelerator(settings: TrainSettings):
