@@ -87,9 +87,11 @@ def test_remapped_threshold_calls_the_same_images_fake(old, new):
     logits, _ = calibrated_logits(2_000, 1.5, seed=1)
     before = torch.softmax(logits / old, dim=-1)[:, 1].numpy()
     after = torch.softmax(logits / new, dim=-1)[:, 1].numpy()
-    for threshold in (0.05, 0.3, 0.5, 0.9, 0.999):
-        mapped = remap_threshold(threshold, old, new)
-        assert np.array_equal(before >= threshold, after >= mapped)
+    on_an_image = before[np.random.default_rng(2).choice(len(before), 200)]  # where --set-threshold-at-fpr puts it
+    for threshold in (0.05, 0.3, 0.5, 0.9, 0.999, *on_an_image):
+        mapped = remap_threshold(float(threshold), old, new)
+        assert np.array_equal(before >= threshold, after >= mapped), threshold
+    assert remap_threshold(1e-300, 1.0, 1e-3) == 0.0 and remap_threshold(1 - 1e-16, 1.0, 1e-3) == 1.0  # no overflow
     assert remap_threshold(0.0, old, new) == 0.0 and remap_threshold(1.0, old, new) == 1.0
 
 

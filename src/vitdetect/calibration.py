@@ -30,6 +30,7 @@ TEMPERATURE_KEY = "temperature"
 FIT_KEY = "temperature_fit"
 # A split the model gets entirely right pulls T towards 0 (ever sharper is ever better); keep T sane.
 MIN_TEMPERATURE, MAX_TEMPERATURE = 0.05, 20.0
+ROUNDING_ALLOWANCE = 1e-9  # relative, on the logit margin: scores closer than this to a threshold are ties
 
 
 @dataclass(frozen=True)
@@ -105,16 +106,18 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> TemperatureFi
 
 
 def remap_threshold(threshold: float, old_temperature: float, new_temperature: float) -> float:
-    """The threshold on the new scale that calls exactly the same images FAKE.
+    """The threshold on the new scale that calls the same images FAKE.
 
     P(FAKE) >= t at temperature T means logit margin (z_FAKE - z_REAL) >= T * logit(t): the operating point
-    is a margin, so t' = sigmoid(T * logit(t) / T'). 0 and anything at or above 1 mean "all" and "none"
-    on every scale and stay as they are.
+    is a margin, so t' = sigmoid(T * logit(t) / T'). The margin is lowered by a billionth of itself, so that
+    an image lying exactly on the old threshold (where --set-threshold-at-fpr puts it) stays FAKE despite
+    float rounding. 0 and anything at or above 1 mean "all" and "none" and stay as they are.
     """
     if not 0.0 < threshold < 1.0:
         return threshold
-    margin = old_temperature * (math.log(threshold) - math.log1p(-threshold))
-    return 1.0 / (1.0 + math.exp(-margin / new_temperature))
+    margin = old_temperature * (math.log(threshold) - math.log1p(-threshold)) / new_temperature
+    margin -= ROUNDING_ALLOWANCE * max(1.0, abs(margin))
+    return 1.0 / (1.0 + math.exp(-margin)) if margin >= 0 else math.exp(margin) / (1.0 + math.exp(margin))
 
 
 def fold_temperature(model: torch.nn.Module, temperature: float) -> torch.nn.Module:

@@ -50,6 +50,10 @@ def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> Ev
     main = accelerator.is_main_process
     reporter = reporter or Reporter(settings.quiet, enabled=main)
     trained = TrainedModel.load(settings.checkpoint)
+    if settings.explain_errors:
+        from vitdetect.explain import check_method
+
+        check_method(settings.explain_method)
     output_dir = settings.output_dir or settings.checkpoint.parent
     if main:
         ensure_writable_dir(output_dir)
@@ -84,7 +88,8 @@ def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> Ev
 
         figures = evaluation_figures(output_dir, settings.format).written
         if settings.explain_errors:
-            figures.append(draw_errors(trained, images, p_fake, threshold, settings, output_dir, reporter))
+            figures.append(draw_errors(trained, images, p_fake, threshold, settings, output_dir, reporter,
+                                       accelerator.device))
     accelerator.wait_for_everyone()
     seconds = time.perf_counter() - started
     return EvaluationResult(metrics, output_dir, seconds, images_per_second, figures, stored)
@@ -114,7 +119,7 @@ def provenance(settings: EvaluateSettings, trained: TrainedModel, images: ImageS
 
 
 def draw_errors(trained: TrainedModel, images: ImageSet, p_fake: np.ndarray, threshold: float,
-                settings: EvaluateSettings, output_dir: Path, reporter: Reporter) -> Path:
+                settings: EvaluateSettings, output_dir: Path, reporter: Reporter, device) -> Path:
     """errors.png: the most confident mistakes of each kind, with their heatmaps."""
     from vitdetect.explain import ERRORS_NAME, confident_mistakes, error_gallery
 
@@ -122,7 +127,7 @@ def draw_errors(trained: TrainedModel, images: ImageSet, p_fake: np.ndarray, thr
     reporter.info(f"explaining {sum(map(len, mistakes.values()))} confident mistake(s) with "
                   f"{settings.explain_method}")
     path = output_dir / f"{ERRORS_NAME}.{settings.format}"
-    error_gallery(path, trained, images, p_fake, mistakes, settings.explain_method, settings.format)
+    error_gallery(path, trained, images, p_fake, mistakes, settings.explain_method, settings.format, device)
     return path
 
 

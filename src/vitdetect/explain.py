@@ -51,8 +51,7 @@ def heatmaps(
 
     classes: the class each map explains (Grad-CAM; rollout is class-agnostic); default: the model's argmax.
     """
-    if method not in METHODS:
-        raise UsageError(f"unknown explanation method '{method}' (choose from {', '.join(METHODS)})")
+    check_method(method)
     model = trained.model.to(device).eval()
     maps = []
     for start in range(0, len(images), batch_size):
@@ -65,6 +64,18 @@ def heatmaps(
         maps.append(_to_image_size(grid, trained.prep.storage_size))
     size = trained.prep.storage_size
     return np.concatenate(maps) if maps else np.zeros((0, size, size), dtype=np.float32)
+
+
+def check_method(method: str) -> None:
+    """Fail at once, before any long work, on an unknown method or a missing grad-cam package."""
+    if method not in METHODS:
+        raise UsageError(f"unknown explanation method '{method}' (choose from {', '.join(METHODS)})")
+    if method == "gradcam":
+        try:
+            import pytorch_grad_cam  # noqa: F401
+        except ImportError:
+            raise UsageError("Grad-CAM needs the grad-cam package: pip install 'vitdetect[explain]' "
+                             "(or use --explain-method rollout)") from None
 
 
 @contextmanager
@@ -114,11 +125,9 @@ class _Margin:
 
 def grad_cam(model: torch.nn.Module, pixels: torch.Tensor, classes: list[int] | None = None) -> torch.Tensor:
     """N x H x W Grad-CAM maps at the model's input size, for the margin of each image's class."""
-    try:
-        from pytorch_grad_cam import GradCAM
-    except ImportError:
-        raise UsageError("Grad-CAM needs the grad-cam package: pip install 'vitdetect[explain]' "
-                         "(or use --explain-method rollout)") from None
+    check_method("gradcam")
+    from pytorch_grad_cam import GradCAM
+
     if classes is None:
         with torch.no_grad():
             classes = model(pixel_values=pixels).logits.argmax(-1).tolist()

@@ -44,17 +44,12 @@ class TrainedModel:
         return cls(model, prep, threshold, payload, 1.0 if temperature is None else float(temperature))
 
 
-def fake_probabilities(
-    trained: TrainedModel,
-    images: torch.Tensor,
-    batch_size: int,
-    accelerator=None,
-    reporter: Reporter | None = None,
-    description: str = "scoring",
-) -> np.ndarray:
-    """P(FAKE) = softmax(logits / T) for each Nx3xSxS uint8 image, in input order, on every process."""
-    logits = model_logits(trained, images, batch_size, accelerator, reporter, description)
-    return fake_probability(logits, trained.temperature)
+def fake_probabilities(trained: TrainedModel, images: torch.Tensor, batch_size: int, *scoring) -> np.ndarray:
+    """P(FAKE) = softmax(logits / T) for each Nx3xSxS uint8 image, in input order, on every process.
+
+    scoring: accelerator, reporter and description, as for model_logits.
+    """
+    return fake_probability(model_logits(trained, images, batch_size, *scoring), trained.temperature)
 
 
 def fake_probability(logits: torch.Tensor, temperature: float = 1.0) -> np.ndarray:

@@ -30,7 +30,7 @@ from vitdetect.atomic import atomic_write_text
 from vitdetect.data import decode_images
 from vitdetect.distributed import make_accelerator
 from vitdetect.errors import UsageError, VitdetectError
-from vitdetect.explain import as_picture, heatmaps
+from vitdetect.explain import as_picture, check_method, heatmaps
 from vitdetect.images import IMAGE_EXTENSIONS, is_image_path
 from vitdetect.inference import TrainedModel, fake_probabilities
 from vitdetect.labels import ID2LABEL, POSITIVE_CLASS
@@ -267,6 +267,8 @@ class PredictRun:
 def run(settings: PredictSettings, patterns: Sequence[str], reporter: Reporter | None = None) -> PredictRun:
     """`vitdetect predict`: find the images, judge them, write --output; the caller prints."""
     found = find_images(patterns, settings.recursive)
+    if settings.explain:
+        check_method(settings.explain_method)
     if settings.output:
         check_output(settings.output)
     accelerator = make_accelerator(cpu=settings.cpu)
