@@ -11,8 +11,8 @@ from PIL import Image
 
 from conftest import make_dataset, run_main, user_error
 from vitdetect.checkpoint import model_payload, save_checkpoint
-from vitdetect.explain import METHODS, confident_mistakes, heatmaps
-from vitdetect.inference import TrainedModel
+from vitdetect.explain import METHODS, confident_mistakes, explain_images, heatmaps
+from vitdetect.inference import TrainedModel, fake_probabilities
 from vitdetect.model import load_model
 from vitdetect.predict import Detector
 from vitdetect.transforms import Preprocessing, to_model_input
@@ -116,7 +116,14 @@ def test_detector_explain_returns_one_map_per_image(planted, tmp_path):
     maps = Detector(trained, batch_size=2).explain([*pictures, b"not an image"], method="gradcam")
     assert len(maps) == 4 and maps[3] is None
     assert all(heat.shape == (SIZE, SIZE) for heat in maps[:3])
-    np.testing.assert_allclose(maps[1], heatmaps(trained, images[1:2], "gradcam", [int(labels[1])])[0], atol=1e-5)
+    np.testing.assert_allclose(maps[1], heatmaps(trained, images[1:2], "gradcam")[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_explanations_carry_the_verdicts_p_fake(planted, method):
+    trained, images, _ = planted
+    found = explain_images(trained, images[:8], method, batch_size=3)
+    np.testing.assert_allclose(found.p_fake, fake_probabilities(trained, images[:8], 8), atol=1e-5)
 
 
 def test_confident_mistakes_are_ordered_by_confidence():

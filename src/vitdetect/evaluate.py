@@ -127,7 +127,7 @@ def draw_errors(trained: TrainedModel, images: ImageSet, p_fake: np.ndarray, thr
     reporter.info(f"explaining {sum(map(len, mistakes.values()))} confident mistake(s) with "
                   f"{settings.explain_method}")
     path = output_dir / f"{ERRORS_NAME}.{settings.format}"
-    error_gallery(path, trained, images, p_fake, mistakes, settings.explain_method, settings.format, device)
+    error_gallery(path, trained, images, mistakes, settings.explain_method, threshold, settings.format, device)
     return path
 
 

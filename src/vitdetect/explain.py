@@ -7,8 +7,8 @@ Two methods, both at the model's patch-grid resolution, upsampled to the stored 
   token the classifier reads has gathered information. Class-agnostic. Needs eager attention (SDPA returns
   no weights), switched on for the call only: SDPA stays the default everywhere else.
 - gradcam (Selvaraju et al., 2017, through the grad-cam package): gradient-weighted activations of the
-  input of the last block's attention (its layernorm_before), for the margin of the explained class over
-  the other. The last block's own patch outputs get no gradient (the classifier reads only [CLS]),
+  input of the last block's attention (its layernorm_before), for the logit margin of the verdict's class
+  over the other. The last block's own patch outputs get no gradient (the classifier reads only [CLS]),
   so its input is the last place patch tokens still carry the verdict's gradient.
 
 Heatmaps are float32 arrays stretched to [0, 1] per image (all zeros when nothing is found): they say where,
@@ -18,8 +18,9 @@ relative to the rest of the same image, not how much.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 
 from vitdetect.data import ImageSet
 from vitdetect.errors import UsageError
-from vitdetect.inference import TrainedModel
+from vitdetect.inference import TrainedModel, fake_probability
 from vitdetect.labels import CLASS_NAMES
 from vitdetect.model import encoder_blocks
 from vitdetect.transforms import to_model_input
@@ -39,31 +40,42 @@ EXPLAIN_BATCH = 64
 MISTAKE_KINDS = {"REAL called FAKE": (0, True), "FAKE called REAL": (1, False)}  # true label, called FAKE
 
 
-def heatmaps(
+@dataclass
+class Explanations:
+    """Heatmaps (N x S x S at the stored size S) and the P(FAKE) of the same forward passes."""
+
+    heatmaps: np.ndarray
+    p_fake: np.ndarray
+
+
+def explain_images(
     trained: TrainedModel,
     images: torch.Tensor,
     method: str = "rollout",
-    classes: Sequence[int] | None = None,
+    threshold: float | None = None,
     device: torch.device | str = "cpu",
     batch_size: int = EXPLAIN_BATCH,
-) -> np.ndarray:
-    """N x S x S heatmaps for Nx3xSxS uint8 images at the stored size S.
-
-    classes: the class each map explains (Grad-CAM; rollout is class-agnostic); default: the model's argmax.
-    """
+) -> Explanations:
+    """Heatmaps for Nx3xSxS uint8 images, explaining each image's verdict at threshold (default: the
+    checkpoint's). One process, no gathering: callable from the main process of a distributed run."""
     check_method(method)
+    verdict = _Verdict(trained.temperature, trained.threshold if threshold is None else threshold)
     model = trained.model.to(device).eval()
-    maps = []
+    maps, logits = [], []
     for start in range(0, len(images), batch_size):
         pixels = to_model_input(images[start:start + batch_size].to(device), trained.prep)
-        if method == "rollout":
-            grid = attention_rollout(model, pixels)
-        else:
-            wanted = None if classes is None else list(classes[start:start + batch_size])
-            grid = grad_cam(model, pixels, wanted)
+        grid, scores = attention_rollout(model, pixels) if method == "rollout" else grad_cam(model, pixels, verdict)
         maps.append(_to_image_size(grid, trained.prep.storage_size))
+        logits.append(scores.detach().float().cpu())
     size = trained.prep.storage_size
-    return np.concatenate(maps) if maps else np.zeros((0, size, size), dtype=np.float32)
+    if not maps:
+        return Explanations(np.zeros((0, size, size), dtype=np.float32), np.zeros(0))
+    return Explanations(np.concatenate(maps), fake_probability(torch.cat(logits), trained.temperature))
+
+
+def heatmaps(trained: TrainedModel, images: torch.Tensor, method: str = "rollout", **options) -> np.ndarray:
+    """Only the heatmaps of explain_images()."""
+    return explain_images(trained, images, method, **options).heatmaps
 
 
 def check_method(method: str) -> None:
@@ -89,17 +101,17 @@ def eager_attention(model: torch.nn.Module) -> Iterator[None]:
         model.set_attn_implementation(previous)
 
 
-def attention_rollout(model: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-    """N x g x g: the [CLS] token's rolled-out attention to each patch of the g x g grid."""
+def attention_rollout(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """N x g x g: the [CLS] token's rolled-out attention to each patch of the g x g grid; and the logits."""
     with torch.no_grad(), eager_attention(model):
-        attentions = model(pixel_values=pixels, output_attentions=True).attentions
-    tokens = attentions[0].shape[-1]
+        output = model(pixel_values=pixels, output_attentions=True)
+    tokens = output.attentions[0].shape[-1]
     identity = torch.eye(tokens, device=pixels.device)
     rollout = identity.expand(len(pixels), tokens, tokens)
-    for attention in attentions:
+    for attention in output.attentions:
         mixed = 0.5 * attention.float().mean(dim=1) + 0.5 * identity  # heads averaged, plus the residual
         rollout = (mixed / mixed.sum(dim=-1, keepdim=True)) @ rollout
-    return _patch_grid(rollout[:, 0, 1:])
+    return _patch_grid(rollout[:, 0, 1:]), output.logits
 
 
 class _Logits(torch.nn.Module):
@@ -113,31 +125,32 @@ class _Logits(torch.nn.Module):
         return self.model(pixel_values=pixels).logits
 
 
-class _Margin:
-    """Grad-CAM target: the explained class's logit minus the other's (what P(FAKE) depends on)."""
+class _Verdict:
+    """Grad-CAM target: the logit margin of the image's verdict (FAKE when P(FAKE) >= threshold) over the
+    other class, what P(FAKE) depends on. Decided from the same forward pass, so no extra one is needed."""
 
-    def __init__(self, label: int):
-        self.label = label
+    def __init__(self, temperature: float, threshold: float):
+        self.temperature, self.threshold = temperature, threshold
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits[..., self.label] - logits[..., 1 - self.label]
+        fake = torch.softmax(logits.detach().double() / self.temperature, dim=-1)[1] >= self.threshold
+        margin = logits[1] - logits[0]
+        return margin if fake else -margin
 
 
-def grad_cam(model: torch.nn.Module, pixels: torch.Tensor, classes: list[int] | None = None) -> torch.Tensor:
-    """N x H x W Grad-CAM maps at the model's input size, for the margin of each image's class."""
+def grad_cam(model: torch.nn.Module, pixels: torch.Tensor, verdict: _Verdict) -> tuple[torch.Tensor, torch.Tensor]:
+    """N x H x W Grad-CAM maps at the model's input size, for the margin of each image's verdict; and the logits."""
     check_method("gradcam")
     from pytorch_grad_cam import GradCAM
 
-    if classes is None:
-        with torch.no_grad():
-            classes = model(pixel_values=pixels).logits.argmax(-1).tolist()
     target_layer = encoder_blocks(model)[-1].layernorm_before
     try:
         with torch.enable_grad(), GradCAM(_Logits(model), [target_layer], reshape_transform=_tokens_to_grid) as cam:
-            maps = cam(input_tensor=pixels, targets=[_Margin(int(label)) for label in classes])
+            maps = cam(input_tensor=pixels, targets=[verdict] * len(pixels))
+            logits = cam.outputs.detach()
     finally:
         model.zero_grad(set_to_none=True)  # leave no gradients on the caller's model
-    return torch.from_numpy(maps)
+    return torch.from_numpy(maps), logits
 
 
 def _tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:
@@ -174,19 +187,17 @@ def confident_mistakes(labels: np.ndarray, p_fake: np.ndarray, threshold: float,
     return mistakes
 
 
-def error_gallery(path: Path, trained: TrainedModel, images: ImageSet, p_fake: np.ndarray,
-                  mistakes: dict[str, np.ndarray], method: str, fmt: str = "png",
-                  device: torch.device | str = "cpu") -> None:
+def error_gallery(path: Path, trained: TrainedModel, images: ImageSet, mistakes: dict[str, np.ndarray],
+                  method: str, threshold: float, fmt: str = "png", device: torch.device | str = "cpu") -> None:
     """Draw the gallery of mistakes (each kind one block of columns) with their heatmaps."""
     from vitdetect.overlays import Explained, draw_error_gallery
 
     rows = {}
     for kind, indices in mistakes.items():
-        called = [1 - MISTAKE_KINDS[kind][0]] * len(indices)
-        maps = heatmaps(trained, images.images[indices], method, called, device)
-        rows[kind] = [Explained(as_picture(images.images[i]), heat, float(p_fake[i]), CLASS_NAMES[c],
+        found = explain_images(trained, images.images[indices], method, threshold, device)
+        rows[kind] = [Explained(as_picture(images.images[i]), heat, float(p), CLASS_NAMES[int(p >= threshold)],
                                 Path(images.paths[i]).name)
-                      for i, heat, c in zip(indices.tolist(), maps, called, strict=True)]
+                      for i, heat, p in zip(indices.tolist(), found.heatmaps, found.p_fake, strict=True)]
     draw_error_gallery(path, rows, method, fmt)
 
 

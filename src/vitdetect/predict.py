@@ -30,7 +30,7 @@ from vitdetect.atomic import atomic_write_text
 from vitdetect.data import decode_images
 from vitdetect.distributed import make_accelerator
 from vitdetect.errors import UsageError, VitdetectError
-from vitdetect.explain import as_picture, check_method, heatmaps
+from vitdetect.explain import as_picture, check_method, explain_images
 from vitdetect.images import IMAGE_EXTENSIONS, is_image_path
 from vitdetect.inference import TrainedModel, fake_probabilities
 from vitdetect.labels import ID2LABEL, POSITIVE_CLASS
@@ -113,17 +113,15 @@ class Detector:
         return [None if item is None else item.heatmap for item in self.explained(images, method)]
 
     def explained(self, images: Iterable[ImageSource], method: str = "rollout") -> list[Explained | None]:
-        """Each image as the model sees it, with its verdict and heatmap; None where it cannot be decoded."""
+        """Each image as the model sees it, with its verdict and heatmap; None where it cannot be decoded.
+        Runs in this process alone (no gathering), so the main process of a distributed run may call it."""
         sources = list(images)
         names = [_name(source, index) for index, source in enumerate(sources)]
         decoded, kept, _ = self._decode(sources)
-        if not kept:
-            return [None] * len(sources)
-        p_fake = fake_probabilities(self.trained, decoded, self.batch_size, self.accelerator)
-        verdicts = classify(p_fake, self.threshold)
-        maps = heatmaps(self.trained, decoded, method, verdicts, self.accelerator.device, self.batch_size)
-        items = {index: Explained(as_picture(image), heat, float(p), ID2LABEL[int(verdict)], Path(names[index]).name)
-                 for index, image, heat, p, verdict in zip(kept, decoded, maps, p_fake, verdicts, strict=True)}
+        found = explain_images(self.trained, decoded, method, self.threshold, self.accelerator.device, self.batch_size)
+        items = {index: Explained(as_picture(image), heat, float(p), ID2LABEL[int(p >= self.threshold)],
+                                  Path(names[index]).name)
+                 for index, image, heat, p in zip(kept, decoded, found.heatmaps, found.p_fake, strict=True)}
         return [items.get(index) for index in range(len(sources))]
 
     def _decode(self, sources: list[ImageSource]) -> tuple[torch.Tensor, list[int], list[str]]:
