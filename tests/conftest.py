@@ -63,7 +63,8 @@ def train_args(tiny_data: Path, tmp_path: Path) -> list[str]:
 def evaluated_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A results dir after `vitdetect train` (2 epochs) and `vitdetect evaluate` on a tiny dataset.
 
-    Holds the checkpoints, history, metrics.json, predictions.csv and every figure; its dataset is
+    Holds the checkpoints, history, metrics.json, predictions.csv and every figure (not calibrated: its tiny
+    validation split is separable, which would push P(FAKE) to 0 and 1); its dataset is
     ../cifake (46 test images: an odd count per class). Tests only read it: copy before changing.
     """
     from typer.testing import CliRunner
@@ -74,7 +75,7 @@ def evaluated_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data, results, cache = make_dataset(root / "cifake", per_class=23), root / "results", root / "cache"
     train = ["train", "--data-dir", str(data), "--output-dir", str(results), "--model",
              "scratch:vit-micro-32", "--batch-size", "16", "--epochs", "2", "--log-every", "1",
-             "--cache-dir", str(cache), "--quiet"]
+             "--cache-dir", str(cache), "--quiet", "--no-calibration"]
     evaluate = ["evaluate", "--checkpoint", str(results / "best_model.pth"), "--data-dir", str(data),
                 "--batch-size", "8", "--cache-dir", str(cache), "--quiet"]
     for args in (train, evaluate):

@@ -141,8 +141,12 @@ def test_two_process_training_writes_once_and_its_validation_metrics_are_exact(t
     assert metrics["accuracy"] == float(best["val_accuracy"])
     assert (fake["precision"], fake["recall"], fake["f1"]) == tuple(
         float(best[f"val_{name}"]) for name in ("precision", "recall", "f1"))
-    # Mean cross-entropy in float32 during training, sklearn's log loss in float64 here.
-    assert metrics["log_loss"] == pytest.approx(float(best["val_loss"]), rel=1e-5)
+    # Mean cross-entropy in float32 during training, sklearn's log loss in float64 here; before temperature
+    # scaling, which the two processes fitted on the gathered validation logits, each image once.
+    assert metrics["uncalibrated"]["log_loss"] == pytest.approx(float(best["val_loss"]), rel=1e-5)
+    fit = metrics["temperature_fit"]
+    assert (fit["n_images"], fit["split"], metrics["temperature"]) == (17, "validation", fit["temperature"])
+    assert fit["nll_before"] == pytest.approx(float(best["val_loss"]), rel=1e-5)
 
 
 def test_two_process_evaluation_of_101_images_matches_one_process(two_process_run, tmp_path):

@@ -26,7 +26,7 @@ FIGURES = ("confusion_matrix", "roc_curve", "pr_curve", "score_histogram", "cali
 METRIC_KEYS = {"positive_class", "class_names", "threshold", "n_images", "accuracy", "balanced_accuracy",
                "roc_auc", "pr_auc", "log_loss", "brier_score", "ece", "ece_bins", "tpr_at_fpr", "per_class",
                "confusion_matrix", "checkpoint", "checkpoint_epoch", "model", "split", "data_dir",
-               "skipped_images"}
+               "skipped_images", "temperature", "temperature_fit", "uncalibrated"}
 
 
 def read_rows(path):
@@ -119,7 +119,7 @@ def test_predictions_are_the_models_scores_for_those_files(evaluated_run):
     batch = torch.as_tensor(arrays).permute(0, 3, 1, 2)
     with torch.inference_mode():
         logits = trained.model.eval()(pixel_values=to_model_input(batch, trained.prep)).logits
-    direct = torch.softmax(logits, dim=-1)[:, 1].numpy()
+    direct = torch.softmax(logits / trained.temperature, dim=-1)[:, 1].numpy()
     assert np.allclose(direct, [float(row["p_fake"]) for row in chosen], atol=1e-6)
 
 

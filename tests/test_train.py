@@ -58,8 +58,8 @@ def test_checkpoint_round_trip_gives_the_same_model(tiny_data, tmp_path):
     rebuilt = model_from_config(payload["model_config"], payload["state_dict"])
     pretrained = ViTForImageClassification.from_pretrained(result.output_dir / "best_model").eval()
     pixels = torch.randn(3, 3, 32, 32)
-    with torch.inference_mode():
-        assert torch.allclose(rebuilt(pixels).logits, pretrained(pixels).logits, atol=1e-6)
+    with torch.inference_mode():  # best_model/ has the temperature folded into its classifier
+        assert torch.allclose(rebuilt(pixels).logits / payload["temperature"], pretrained(pixels).logits, atol=1e-5)
     assert pretrained.config.id2label == {0: "REAL", 1: "FAKE"}
 
 

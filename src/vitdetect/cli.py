@@ -25,8 +25,10 @@ except ImportError:
     from click.exceptions import ClickException, NoArgsIsHelpError
 from vitdetect.errors import Terminated, UsageError, VitdetectError
 from vitdetect.settings import (
+    CalibrateSettings,
     DownloadSettings,
     EvaluateSettings,
+    ExplainMethod,
     FigureFormat,
     MixedPrecision,
     OutputFormat,
@@ -155,6 +157,7 @@ def train(
     log_every: int = described(TrainSettings, "log_every", "--log-every"),
     max_images: int = described(TrainSettings, "max_images", "--max-images"),
     cache_dir: Path = described(TrainSettings, "cache_dir", "--cache-dir"),
+    calibrate: bool = described(TrainSettings, "calibrate", "--calibration/--no-calibration"),
     quiet: bool = described(TrainSettings, "quiet", "--quiet/--no-quiet", "-q"),
     report_to: str = described(TrainSettings, "report_to", "--report-to", metavar="NAME[,NAME]"),
     run_name: str = described(TrainSettings, "run_name", "--run-name"),
@@ -193,6 +196,8 @@ def predict(
     output: Path = described(PredictSettings, "output", "--output", "-o"),
     batch_size: int = described(PredictSettings, "batch_size", "--batch-size", "--batch_size"),
     recursive: bool = described(PredictSettings, "recursive", "--recursive/--no-recursive", "-r"),
+    explain: Path = described(PredictSettings, "explain", "--explain"),
+    explain_method: ExplainMethod = described(PredictSettings, "explain_method", "--explain-method"),
     cpu: bool = described(PredictSettings, "cpu", "--cpu/--no-cpu"),
     quiet: bool = described(PredictSettings, "quiet", "--quiet/--no-quiet", "-q"),
 ) -> None:
@@ -221,6 +226,8 @@ def evaluate(
     batch_size: int = described(EvaluateSettings, "batch_size", "--batch-size", "--batch_size"),
     set_threshold_at_fpr: float = described(EvaluateSettings, "set_threshold_at_fpr",
                                             "--set-threshold-at-fpr"),
+    explain_errors: int = described(EvaluateSettings, "explain_errors", "--explain-errors"),
+    explain_method: ExplainMethod = described(EvaluateSettings, "explain_method", "--explain-method"),
     format: FigureFormat = described(EvaluateSettings, "format", "--format"),
     cpu: bool = described(EvaluateSettings, "cpu", "--cpu/--no-cpu"),
     cache_dir: Path = described(EvaluateSettings, "cache_dir", "--cache-dir"),
@@ -237,6 +244,36 @@ def evaluate(
     result = run_evaluation(settings)
     if is_main_process():
         print_evaluation_summary(result)
+
+
+@app.command()
+@user_errors
+def calibrate(
+    checkpoint: Path = described(CalibrateSettings, "checkpoint", "--checkpoint"),
+    data_dir: Path = described(CalibrateSettings, "data_dir", "--data-dir", "--data_dir"),
+    split: str = described(CalibrateSettings, "split", "--split"),
+    batch_size: int = described(CalibrateSettings, "batch_size", "--batch-size", "--batch_size"),
+    cpu: bool = described(CalibrateSettings, "cpu", "--cpu/--no-cpu"),
+    cache_dir: Path = described(CalibrateSettings, "cache_dir", "--cache-dir"),
+    quiet: bool = described(CalibrateSettings, "quiet", "--quiet/--no-quiet", "-q"),
+) -> None:
+    """Refit the checkpoint's temperature (calibrated P(FAKE)) on DATA_DIR/SPLIT; the checkpoint is rewritten."""
+    settings = build_settings(CalibrateSettings, None, **locals())
+    from vitdetect.calibration import calibrate as run_calibration
+    from vitdetect.distributed import is_main_process
+
+    result = run_calibration(settings)
+    if is_main_process():
+        fit = result.fit
+        stdout.print(f"temperature {result.previous_temperature:.4f} -> {fit.temperature:.4f}, fitted on "
+                     f"{fit.n_images:,} images of {settings.data_dir / settings.split}: NLL {fit.nll_before:.4f} "
+                     f"at T = 1 -> {fit.nll_after:.4f}; wrote {settings.checkpoint}")
+        if result.threshold:
+            old, new = result.threshold
+            stdout.print(f"stored threshold {old:.6g} -> {new:.6g}: the same operating point (the same images "
+                         "are called FAKE) on the new scale")
+        if result.pretrained_dir:
+            stdout.print(f"rewrote {result.pretrained_dir} with the temperature folded into its classifier")
 
 
 @app.command()
@@ -262,8 +299,13 @@ def print_evaluation_summary(result) -> None:
     table = Table(title=f"evaluation: {metrics['split']} split, {metrics['n_images']:,} images "
                   f"(positive class {metrics['positive_class']})", show_header=False)
     table.add_row("threshold", f"P(FAKE) >= {metrics['threshold']:.4g} is FAKE")
-    for key in ("accuracy", "balanced_accuracy", "roc_auc", "pr_auc", "log_loss", "brier_score", "ece"):
+    for key in ("accuracy", "balanced_accuracy", "roc_auc", "pr_auc"):
         table.add_row(key.replace("_", " "), shown(metrics[key]))
+    for key in ("log_loss", "brier_score", "ece"):
+        table.add_row(key.replace("_", " "), f"{shown(metrics[key])} ({shown(metrics['uncalibrated'][key])} "
+                      f"before temperature scaling)" if metrics["temperature"] != 1 else shown(metrics[key]))
+    table.add_row("temperature", f"{metrics['temperature']:.4f}" + (" (not calibrated)" if metrics["temperature"]
+                                                                    == 1 else ""))
     for target, point in metrics["tpr_at_fpr"].items():
         table.add_row(f"TPR at FPR <= {float(target):.0%}", "n/a" if point is None else
                       f"{point['tpr']:.4f} (threshold {point['threshold']:.4g}, FPR {point['fpr']:.4f})")
@@ -337,6 +379,10 @@ def print_train_summary(result) -> None:
                   + (" (early stop)" if result.stopped_early else ""))
     for key in ("val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1"):
         table.add_row(key.replace("_", " "), f"{best[key]:.4f}")
+    if result.calibration:
+        fit = result.calibration
+        table.add_row("temperature", f"{fit.temperature:.4f} (validation NLL {fit.nll_before:.4f} -> "
+                      f"{fit.nll_after:.4f})")
     table.add_row("trainable parameters", f"{result.trainable:,} of {result.total:,}")
     table.add_row("wall time", f"{result.seconds:.1f} s")
     table.add_row("checkpoint", str(result.output_dir / "best_model.pth"))

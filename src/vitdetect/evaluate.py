@@ -17,11 +17,12 @@ import numpy as np
 
 from vitdetect import tracking
 from vitdetect.atomic import atomic_write_text
+from vitdetect.calibration import FIT_KEY
 from vitdetect.checkpoint import save_checkpoint
 from vitdetect.data import ImageSet, load_split_reported
 from vitdetect.distributed import make_accelerator
 from vitdetect.errors import VitdetectError
-from vitdetect.inference import TrainedModel, fake_probabilities
+from vitdetect.inference import TrainedModel, fake_probability, model_logits
 from vitdetect.labels import CLASS_NAMES
 from vitdetect.locking import output_lock
 from vitdetect.metrics import (
@@ -29,6 +30,7 @@ from vitdetect.metrics import (
     PREDICTIONS_NAME,
     detector_metrics,
     predictions_csv,
+    probability_metrics,
     threshold_at_fpr,
 )
 from vitdetect.progress import Reporter
@@ -52,6 +54,10 @@ def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> Ev
     settings = tracking.with_run_name(settings, output_dir, settings.split)
     accelerator = make_accelerator(settings.cpu, **tracking.accelerator_options(settings, output_dir))
     trained = TrainedModel.load(settings.checkpoint)  # a bad checkpoint fails before any folder is touched
+    if settings.explain_errors:
+        from vitdetect.explain import check_method
+
+        check_method(settings.explain_method)
     with ExitStack() as locks:
         for folder in folders_written(settings, output_dir):
             locks.enter_context(output_lock(folder, accelerator))
@@ -80,9 +86,10 @@ def run_evaluation(settings: EvaluateSettings, trained: TrainedModel, output_dir
                                      settings.cache_dir, output_dir, reporter)
 
     scoring_started = time.perf_counter()
-    p_fake = fake_probabilities(trained, images.images, settings.batch_size, accelerator, reporter,
-                                f"scoring {settings.split}")
-    images_per_second = len(p_fake) / max(time.perf_counter() - scoring_started, 1e-9)
+    logits = model_logits(trained, images.images, settings.batch_size, accelerator, reporter,
+                          f"scoring {settings.split}")
+    images_per_second = len(logits) / max(time.perf_counter() - scoring_started, 1e-9)
+    p_fake, p_uncalibrated = fake_probability(logits, trained.temperature), fake_probability(logits)
     labels = images.labels.numpy()
 
     threshold, stored = trained.threshold, None
@@ -93,15 +100,20 @@ def run_evaluation(settings: EvaluateSettings, trained: TrainedModel, output_dir
             save_checkpoint(settings.checkpoint, {**trained.checkpoint, "threshold": threshold,
                                                   "threshold_source": stored})
     metrics, notes = detector_metrics(labels, p_fake, threshold, CLASS_NAMES)
+    metrics.update(temperature=trained.temperature, temperature_fit=trained.checkpoint.get(FIT_KEY),
+                   uncalibrated=probability_metrics(labels, p_uncalibrated))
     metrics.update(provenance(settings, trained, images))
     figures: list[Path] = []
     if main:
         for note in notes:
             reporter.warn(note)
-        write_results(output_dir, metrics, images.paths, labels, p_fake)
+        write_results(output_dir, metrics, images.paths, labels, p_fake, p_uncalibrated)
         from vitdetect.plots import evaluation_figures
 
         figures = evaluation_figures(output_dir, settings.format).written
+        if settings.explain_errors:
+            figures.append(draw_errors(trained, images, p_fake, threshold, settings, output_dir, reporter,
+                                       accelerator.device))
     tracking.log_evaluation(accelerator, settings, metrics, output_dir, figures)
     accelerator.wait_for_everyone()
     return EvaluationResult(metrics, output_dir, 0.0, images_per_second, figures, stored)
@@ -130,8 +142,21 @@ def provenance(settings: EvaluateSettings, trained: TrainedModel, images: ImageS
     }
 
 
+def draw_errors(trained: TrainedModel, images: ImageSet, p_fake: np.ndarray, threshold: float,
+                settings: EvaluateSettings, output_dir: Path, reporter: Reporter, device) -> Path:
+    """errors.png: the most confident mistakes of each kind, with their heatmaps."""
+    from vitdetect.explain import ERRORS_NAME, confident_mistakes, error_gallery
+
+    mistakes = confident_mistakes(images.labels.numpy(), p_fake, threshold, settings.explain_errors)
+    reporter.info(f"explaining {sum(map(len, mistakes.values()))} confident mistake(s) with "
+                  f"{settings.explain_method}")
+    path = output_dir / f"{ERRORS_NAME}.{settings.format}"
+    error_gallery(path, trained, images, mistakes, settings.explain_method, threshold, settings.format, device)
+    return path
+
+
 def write_results(output_dir: Path, metrics: dict[str, Any], paths: list[str], labels: np.ndarray,
-                  p_fake: np.ndarray) -> None:
-    text = predictions_csv(paths, labels, p_fake, metrics["threshold"], CLASS_NAMES)
+                  p_fake: np.ndarray, p_uncalibrated: np.ndarray | None = None) -> None:
+    text = predictions_csv(paths, labels, p_fake, metrics["threshold"], CLASS_NAMES, p_uncalibrated)
     atomic_write_text(output_dir / PREDICTIONS_NAME, text)
     atomic_write_text(output_dir / METRICS_NAME, json.dumps(metrics, indent=2, allow_nan=False) + "\n")

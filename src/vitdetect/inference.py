@@ -25,12 +25,13 @@ DEFAULT_THRESHOLD = 0.5
 
 @dataclass
 class TrainedModel:
-    """A checkpoint rebuilt for inference: model, its preprocessing and decision threshold."""
+    """A checkpoint rebuilt for inference: model, its preprocessing, decision threshold and temperature."""
 
     model: torch.nn.Module
     prep: Preprocessing
     threshold: float
     checkpoint: dict[str, Any]
+    temperature: float = 1.0  # P(FAKE) = softmax(logits / temperature); 1.0: not calibrated
 
     @classmethod
     def load(cls, path: Path) -> TrainedModel:
@@ -39,18 +40,33 @@ class TrainedModel:
         prep = Preprocessing.from_dict(payload["preprocessing"])
         stored = payload.get("threshold")
         threshold = DEFAULT_THRESHOLD if stored is None else float(stored)
-        return cls(model, prep, threshold, payload)
+        temperature = payload.get("temperature")
+        return cls(model, prep, threshold, payload, 1.0 if temperature is None else float(temperature))
 
 
-def fake_probabilities(
+def fake_probabilities(trained: TrainedModel, images: torch.Tensor, batch_size: int, *scoring) -> np.ndarray:
+    """P(FAKE) = softmax(logits / T) for each Nx3xSxS uint8 image, in input order, on every process.
+
+    scoring: accelerator, reporter and description, as for model_logits.
+    """
+    return fake_probability(model_logits(trained, images, batch_size, *scoring), trained.temperature)
+
+
+def fake_probability(logits: torch.Tensor, temperature: float = 1.0) -> np.ndarray:
+    """P(FAKE) from Nx2 logits at a temperature, in float64: the one definition evaluate, predict,
+    calibrate and the exported model agree on."""
+    return torch.softmax(logits.double() / temperature, dim=-1)[:, 1].numpy()
+
+
+def model_logits(
     trained: TrainedModel,
     images: torch.Tensor,
     batch_size: int,
     accelerator=None,
     reporter: Reporter | None = None,
     description: str = "scoring",
-) -> np.ndarray:
-    """P(FAKE) for each Nx3xSxS uint8 image, in input order, on every process."""
+) -> torch.Tensor:
+    """The model's Nx2 logits (REAL, FAKE) for Nx3xSxS uint8 images, in input order, on the CPU of every process."""
     accelerator = accelerator or distributed.make_accelerator()
     reporter = reporter or Reporter(quiet=True)
     loader = accelerator.prepare_data_loader(
@@ -60,13 +76,12 @@ def fake_probabilities(
         )
     )
     model = trained.model.to(accelerator.device).eval()
-    probabilities = torch.empty(len(images), dtype=torch.float64)
+    logits = torch.empty(len(images), 2, dtype=torch.float32)
     with torch.inference_mode(), reporter.task(description, len(images)) as bar:
         for batch, index in loader:
             with accelerator.autocast():
-                logits = model(pixel_values=to_model_input(batch, trained.prep)).logits
-            fake = torch.softmax(logits.float(), dim=-1)[:, 1]
-            fake, index = accelerator.gather_for_metrics((fake, index))
-            probabilities[index.cpu()] = fake.cpu().double()
+                scores = model(pixel_values=to_model_input(batch, trained.prep)).logits
+            scores, index = accelerator.gather_for_metrics((scores.float(), index))
+            logits[index.cpu()] = scores.cpu()
             bar.advance(len(index))
-    return probabilities.numpy()
+    return logits

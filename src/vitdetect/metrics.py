@@ -25,6 +25,7 @@ PREDICTIONS_NAME = "predictions.csv"
 EPOCH_HISTORY_NAME = "history.csv"  # written by train, read by plots
 BATCH_HISTORY_NAME = "batch_history.csv"
 PREDICTION_COLUMNS = ("path", "true_label", "p_fake", "predicted_label")
+UNCALIBRATED_COLUMN = "p_fake_uncalibrated"  # P(FAKE) at T = 1, for the reliability diagram's "before" curve
 CALIBRATION_BINS = 15
 TARGET_FPRS = (0.01, 0.05)
 
@@ -106,9 +107,7 @@ def detector_metrics(
         accuracy_score,
         average_precision_score,
         balanced_accuracy_score,
-        brier_score_loss,
         confusion_matrix,
-        log_loss,
         precision_recall_fscore_support,
         roc_auc_score,
     )
@@ -144,15 +143,24 @@ def detector_metrics(
         "balanced_accuracy": float(balanced_accuracy_score(labels, predicted)) if both_classes else None,
         "roc_auc": float(roc_auc_score(labels, p_fake)) if both_classes else None,
         "pr_auc": float(average_precision_score(labels, p_fake, pos_label=1)) if both_classes else None,
-        "log_loss": float(log_loss(labels, p_fake, labels=[0, 1])),
-        "brier_score": float(brier_score_loss(labels, p_fake, pos_label=1)),
-        "ece": expected_calibration_error(labels, p_fake),
+        **probability_metrics(labels, p_fake),
         "ece_bins": CALIBRATION_BINS,
         "tpr_at_fpr": {str(target): threshold_at_fpr(labels, p_fake, target) for target in TARGET_FPRS},
         "per_class": per_class,
         "confusion_matrix": confusion_matrix(labels, predicted, labels=[0, 1]).tolist(),
     }
     return metrics, notes
+
+
+def probability_metrics(labels: np.ndarray, p_fake: np.ndarray) -> dict[str, float]:
+    """How good P(FAKE) is as a probability: log loss, Brier score and ECE (what temperature scaling changes)."""
+    from sklearn.metrics import brier_score_loss, log_loss
+
+    return {
+        "log_loss": float(log_loss(labels, p_fake, labels=[0, 1])),
+        "brier_score": float(brier_score_loss(labels, p_fake, pos_label=1)),
+        "ece": expected_calibration_error(labels, p_fake),
+    }
 
 
 def _number(value: float) -> float | None:
@@ -167,16 +175,21 @@ class Predictions:
     labels: np.ndarray
     p_fake: np.ndarray
     predicted: np.ndarray
+    p_fake_uncalibrated: np.ndarray | None = None  # P(FAKE) at T = 1, when the file has it
 
 
 def predictions_csv(paths: list[str], labels: np.ndarray, p_fake: np.ndarray, threshold: float,
-                    class_names: tuple[str, str]) -> str:
-    """One row per image; P(FAKE) in repr form so reading it back gives the identical float."""
+                    class_names: tuple[str, str], p_fake_uncalibrated: np.ndarray | None = None) -> str:
+    """One row per image; P(FAKE) in repr form so reading it back gives the identical float. With
+    p_fake_uncalibrated, a last column holds P(FAKE) before temperature scaling."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(PREDICTION_COLUMNS)
-    for path, label, score, guess in zip(paths, labels, p_fake, classify(p_fake, threshold), strict=True):
-        writer.writerow((path, class_names[int(label)], repr(float(score)), class_names[int(guess)]))
+    extra = () if p_fake_uncalibrated is None else (UNCALIBRATED_COLUMN,)
+    writer.writerow(PREDICTION_COLUMNS + extra)
+    raw = [()] * len(paths) if p_fake_uncalibrated is None else [(repr(float(p)),) for p in p_fake_uncalibrated]
+    rows = zip(paths, labels, p_fake, classify(p_fake, threshold), raw, strict=True)
+    for path, label, score, guess, before in rows:
+        writer.writerow((path, class_names[int(label)], repr(float(score)), class_names[int(guess)], *before))
     return buffer.getvalue()
 
 
@@ -190,6 +203,8 @@ def read_predictions(path: Path, class_names: list[str]) -> Predictions:
             np.array([ids[row["true_label"]] for row in rows], dtype=np.int64),
             np.array([float(row["p_fake"]) for row in rows], dtype=np.float64),
             np.array([ids[row["predicted_label"]] for row in rows], dtype=np.int64),
+            np.array([float(row[UNCALIBRATED_COLUMN]) for row in rows], dtype=np.float64)
+            if rows and UNCALIBRATED_COLUMN in rows[0] else None,
         )
     except (OSError, KeyError, ValueError, TypeError, csv.Error) as exc:
         raise VitdetectError(f"cannot read {path}: not a vitdetect predictions file ({exc!r})") from None

@@ -270,16 +270,25 @@ def draw_score_histogram(figure, metrics: dict, predictions: Predictions) -> Non
 
 
 def draw_calibration(figure, metrics: dict, predictions: Predictions) -> None:
+    """Reliability diagram: after temperature scaling, and before it when predictions.csv holds both."""
     figure.set_size_inches(6.5, 7)
     top, bottom = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1))
-    bins = calibration_bins(predictions.labels, predictions.p_fake, metrics["ece_bins"])
     top.plot([0, 1], [0, 1], color=GUIDE, linestyle="--", linewidth=1, label="perfectly calibrated")
-    top.plot(bins.mean_p_fake, bins.fraction_fake, marker="o", color=CLASS_COLOURS[POSITIVE_CLASS], linewidth=2,
-             label=f"model (ECE = {metrics['ece']:.4f})")
+    temperature = metrics.get("temperature", 1.0)
+    curves = [(predictions.p_fake, metrics["ece"], CLASS_COLOURS[POSITIVE_CLASS], "-", "o",
+               f"T = {temperature:.3g}" if temperature != 1 else "model")]
+    if predictions.p_fake_uncalibrated is not None and temperature != 1:
+        curves.insert(0, (predictions.p_fake_uncalibrated, metrics["uncalibrated"]["ece"], GUIDE, ":", "s",
+                          "before scaling (T = 1)"))
+    for scores, ece, colour, line, marker, name in curves:
+        bins = calibration_bins(predictions.labels, scores, metrics["ece_bins"])
+        top.plot(bins.mean_p_fake, bins.fraction_fake, marker=marker, color=colour, linestyle=line, linewidth=2,
+                 label=f"{name} (ECE = {ece:.4f})")
+        bottom.stairs(bins.counts, bins.edges, color=colour, linestyle=line, linewidth=1.5,
+                      fill=len(curves) == 1, alpha=0.6 if len(curves) == 1 else 1.0)
     top.set(xlim=(0, 1), ylim=(-0.01, 1.01), ylabel="observed share of FAKE",
             title=f"Reliability diagram ({metrics['ece_bins']} equal-width bins)\n{subtitle(metrics)}")
     top.legend(loc="upper left")
-    bottom.stairs(bins.counts, bins.edges, fill=True, color=GUIDE, alpha=0.6)
     log_count_axis(bottom)
     bottom.set(xlabel="predicted P(FAKE)", ylabel="images (log)")
 

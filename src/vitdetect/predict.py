@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from rich.table import Table
@@ -30,10 +31,12 @@ from vitdetect.builtin import BUILTIN, announcement, is_builtin, resolve_checkpo
 from vitdetect.data import decode_images
 from vitdetect.distributed import make_accelerator
 from vitdetect.errors import UsageError, VitdetectError
+from vitdetect.explain import as_picture, check_method, explain_images
 from vitdetect.images import IMAGE_EXTENSIONS, is_image_path, open_image
 from vitdetect.inference import TrainedModel, fake_probabilities
 from vitdetect.labels import ID2LABEL, POSITIVE_CLASS
 from vitdetect.metrics import classify
+from vitdetect.overlays import Explained, write_explanations
 from vitdetect.progress import Reporter
 from vitdetect.settings import EvaluateSettings, OutputFormat, PredictSettings
 
@@ -107,6 +110,23 @@ class Detector:
                 results.extend(self._judge(names[chunk], *decoded))
                 bar.advance(len(names[chunk]))
         return results
+
+    def explain(self, images: Iterable[ImageSource], method: str = "rollout") -> list[np.ndarray | None]:
+        """One HxW float heatmap per image (H, W: the stored image size), in order; None where an image
+        cannot be decoded. method: "rollout" (attention rollout) or "gradcam"; see vitdetect.explain."""
+        return [None if item is None else item.heatmap for item in self.explained(images, method)]
+
+    def explained(self, images: Iterable[ImageSource], method: str = "rollout") -> list[Explained | None]:
+        """Each image as the model sees it, with its verdict and heatmap; None where it cannot be decoded.
+        Runs in this process alone (no gathering), so the main process of a distributed run may call it."""
+        sources = list(images)
+        names = [_name(source, index) for index, source in enumerate(sources)]
+        decoded, kept, _, _ = self._decode(sources)
+        found = explain_images(self.trained, decoded, method, self.threshold, self.accelerator.device, self.batch_size)
+        items = {index: Explained(as_picture(image), heat, float(p), ID2LABEL[int(p >= self.threshold)],
+                                  Path(names[index]).name)
+                 for index, image, heat, p in zip(kept, decoded, found.heatmaps, found.p_fake, strict=True)}
+        return [items.get(index) for index in range(len(sources))]
 
     def _decode(self, sources: list[ImageSource]) -> tuple[torch.Tensor, list[int], list[str], list[str | None]]:
         images, kept, failures = decode_images(sources, self.trained.prep.storage_size)
@@ -270,6 +290,8 @@ class PredictRun:
 def run(settings: PredictSettings, patterns: Sequence[str], reporter: Reporter | None = None) -> PredictRun:
     """`vitdetect predict`: find the images, judge them, write --output; the caller prints."""
     found = find_images(patterns, settings.recursive)
+    if settings.explain:
+        check_method(settings.explain_method)
     if settings.output:
         check_output(settings.output)
     accelerator = make_accelerator(cpu=settings.cpu)
@@ -285,6 +307,9 @@ def run(settings: PredictSettings, patterns: Sequence[str], reporter: Reporter |
                                         batch_size=settings.batch_size, accelerator=accelerator,
                                         reporter=reporter)
     results = detector.predict(found.paths)
+    if settings.explain and accelerator.is_main_process:
+        written = write_explanations(detector, found.paths, settings.explain, settings.explain_method)
+        reporter.info(f"wrote {written:,} explanation(s) ({settings.explain_method}) to {settings.explain}")
     if settings.output and accelerator.is_main_process:
         try:
             atomic_write_text(settings.output, render(results, output_format(settings)))

@@ -42,7 +42,8 @@ RUN_OUTPUTS = (BEST_NAME, LAST_NAME, PRETRAINED_DIR_NAME, CONFIG_NAME, EPOCH_HIS
 RUN_EVIDENCE = (BEST_NAME, LAST_NAME, PRETRAINED_DIR_NAME, EPOCH_HISTORY_NAME, BATCH_HISTORY_NAME, METRICS_NAME,
                 PREDICTIONS_NAME)
 # Settings a resumed run may change: none of them alters what the finished run means.
-RESUMABLE_CHANGES = frozenset({"epochs", "quiet", "num_workers", "cache_dir", "report_to", "run_name", "logging_dir"})
+RESUMABLE_CHANGES = frozenset({"epochs", "quiet", "num_workers", "cache_dir", "report_to", "run_name", "logging_dir",
+                               "calibrate"})
 
 
 @dataclass

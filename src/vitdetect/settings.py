@@ -154,6 +154,10 @@ class TrainSettings(_TrackingSettings):
         None, ge=2, description="Use at most N training images (stratified sample), for quick runs."
     )
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Decoded-image cache.")
+    calibrate: bool = Field(
+        True, description="After training, fit a temperature on the validation split so P(FAKE) is calibrated "
+        "(stored in best_model.pth); off: T = 1."
+    )
     quiet: bool = Field(False, description="Print only errors and the final summary.")
 
     @model_validator(mode="before")
@@ -168,6 +172,15 @@ class FigureFormat(str, Enum):
     png = "png"
     svg = "svg"
     pdf = "pdf"
+
+
+class ExplainMethod(str, Enum):
+    rollout = "rollout"
+    gradcam = "gradcam"
+
+
+EXPLAIN_METHOD_HELP = ("rollout: attention rollout over all blocks (where the [CLS] token gathers from); gradcam: "
+                       "Grad-CAM on the last block's input (which patches push towards the verdict).")
 
 
 class _FigureSettings(_Settings):
@@ -194,6 +207,11 @@ class EvaluateSettings(_FigureSettings, _TrackingSettings):
         None, gt=0, lt=1, description="Store in the checkpoint the P(FAKE) threshold that gives this false "
         "positive rate on the split (e.g. 0.05); evaluate and predict then classify with it.",
     )
+    explain_errors: int = Field(
+        0, ge=0, le=50, description="Draw errors.png: the N most confident mistakes of each kind (REAL called "
+        "FAKE, FAKE called REAL) with their heatmaps; 0: none."
+    )
+    explain_method: ExplainMethod = Field(ExplainMethod.rollout, description=EXPLAIN_METHOD_HELP)
     cpu: bool = Field(False, description="Run on the CPU even when a GPU is available.")
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Decoded-image cache.")
     quiet: bool = Field(False, description="Print only errors and the final summary.")
@@ -234,8 +252,31 @@ class PredictSettings(_Settings):
     batch_size: int = Field(EvaluateSettings.model_fields["batch_size"].default, ge=1, le=MAX_BATCH_SIZE,
                             description="Images per batch and per process.")
     recursive: bool = Field(False, description="Also look for images in sub-folders of the given folders.")
+    explain: Path | None = Field(
+        None, description="Write one PNG per image into this folder: the image, its heatmap, verdict and P(FAKE)."
+    )
+    explain_method: ExplainMethod = Field(ExplainMethod.rollout, description=EXPLAIN_METHOD_HELP)
     cpu: bool = Field(False, description="Run on the CPU even when a GPU is available.")
     quiet: bool = Field(False, description="No progress bar and summary on stderr; only the results.")
+
+
+class CalibrateSettings(_Settings):
+    """`vitdetect calibrate`: refit a checkpoint's temperature on a held-out split."""
+
+    checkpoint: Path = Field(
+        EvaluateSettings.model_fields["checkpoint"].default, description="Checkpoint to recalibrate (rewritten)."
+    )
+    data_dir: Path = Field(
+        TrainSettings.model_fields["data_dir"].default, description="Root holding SPLIT/{REAL,FAKE}."
+    )
+    split: str = Field(
+        "val", min_length=1, description="Held-out folder of DATA_DIR to fit on; not the split you report."
+    )
+    batch_size: int = Field(EvaluateSettings.model_fields["batch_size"].default, ge=1, le=MAX_BATCH_SIZE,
+                            description="Images per batch and per process.")
+    cpu: bool = Field(False, description="Run on the CPU even when a GPU is available.")
+    cache_dir: Path = Field(default_factory=default_cache_dir, description="Decoded-image cache.")
+    quiet: bool = Field(False, description="Print only errors and the final summary.")
 
 
 class Source(str, Enum):

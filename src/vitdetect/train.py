@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from vitdetect import distributed, tracking
+from vitdetect.calibration import TemperatureFit, after_training
 from vitdetect.checkpoint import load_checkpoint
 from vitdetect.data import TensorBatches, keep_batch, load_split_reported, stratified_sample, stratified_split
 from vitdetect.errors import VitdetectError
@@ -51,6 +52,7 @@ class TrainResult:
     total: int
     stopped_early: bool
     seconds: float
+    calibration: TemperatureFit | None = None  # the temperature fitted on the validation split
 
     @property
     def best(self) -> dict[str, float]:
@@ -191,9 +193,11 @@ def run_training(settings: TrainSettings, accelerator, reporter: Reporter, resum
                 stopped_early = True
                 reporter.info(f"early stopping: no better validation loss for {settings.patience} epochs")
                 break
+        calibration = after_training(output_dir, val_set, settings, accelerator, reporter)
         figures = write_training_figures(output_dir) if accelerator.is_main_process else []
         tracker.log_summary(state, stopped_early, figures)
-    return TrainResult(output_dir, state, trainable, total, stopped_early, time.perf_counter() - started)
+    return TrainResult(output_dir, state, trainable, total, stopped_early, time.perf_counter() - started,
+                       calibration)
 
 
 def make_accelerator(settings: TrainSettings, resumed_step: int | None = None):

@@ -1,0 +1,206 @@
+"""Explanations: one heatmap per image saying which parts of it the verdict rests on.
+
+Two methods, both at the model's patch-grid resolution, upsampled to the stored image size:
+
+- rollout (Abnar & Zuidema, 2020): multiply the head-averaged attention matrices of all blocks, each mixed
+  half-and-half with the identity for the residual connection; the [CLS] row says from which patches the
+  token the classifier reads has gathered information. Class-agnostic. Needs eager attention (SDPA returns
+  no weights), switched on for the call only: SDPA stays the default everywhere else.
+- gradcam (Selvaraju et al., 2017, through the grad-cam package): gradient-weighted activations of the
+  input of the last block's attention (its layernorm_before), for the logit margin of the verdict's class
+  over the other. The last block's own patch outputs get no gradient (the classifier reads only [CLS]),
+  so its input is the last place patch tokens still carry the verdict's gradient.
+
+Heatmaps are float32 arrays stretched to [0, 1] per image (all zeros when nothing is found): they say where,
+relative to the rest of the same image, not how much.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vitdetect.data import ImageSet
+from vitdetect.errors import UsageError
+from vitdetect.inference import TrainedModel, fake_probability
+from vitdetect.labels import CLASS_NAMES
+from vitdetect.model import encoder_blocks
+from vitdetect.transforms import to_model_input
+
+METHODS = ("rollout", "gradcam")
+ERRORS_NAME = "errors"
+EXPLAIN_BATCH = 64
+MISTAKE_KINDS = {"REAL called FAKE": (0, True), "FAKE called REAL": (1, False)}  # true label, called FAKE
+
+
+@dataclass
+class Explanations:
+    """Heatmaps (N x S x S at the stored size S) and the P(FAKE) of the same forward passes."""
+
+    heatmaps: np.ndarray
+    p_fake: np.ndarray
+
+
+def explain_images(
+    trained: TrainedModel,
+    images: torch.Tensor,
+    method: str = "rollout",
+    threshold: float | None = None,
+    device: torch.device | str = "cpu",
+    batch_size: int = EXPLAIN_BATCH,
+) -> Explanations:
+    """Heatmaps for Nx3xSxS uint8 images, explaining each image's verdict at threshold (default: the
+    checkpoint's). One process, no gathering: callable from the main process of a distributed run."""
+    check_method(method)
+    verdict = _Verdict(trained.temperature, trained.threshold if threshold is None else threshold)
+    model = trained.model.to(device).eval()
+    maps, logits = [], []
+    for start in range(0, len(images), batch_size):
+        pixels = to_model_input(images[start:start + batch_size].to(device), trained.prep)
+        grid, scores = attention_rollout(model, pixels) if method == "rollout" else grad_cam(model, pixels, verdict)
+        maps.append(_to_image_size(grid, trained.prep.storage_size))
+        logits.append(scores.detach().float().cpu())
+    size = trained.prep.storage_size
+    if not maps:
+        return Explanations(np.zeros((0, size, size), dtype=np.float32), np.zeros(0))
+    return Explanations(np.concatenate(maps), fake_probability(torch.cat(logits), trained.temperature))
+
+
+def heatmaps(trained: TrainedModel, images: torch.Tensor, method: str = "rollout", **options) -> np.ndarray:
+    """Only the heatmaps of explain_images()."""
+    return explain_images(trained, images, method, **options).heatmaps
+
+
+def check_method(method: str) -> None:
+    """Fail at once, before any long work, on an unknown method or a missing grad-cam package."""
+    if method not in METHODS:
+        raise UsageError(f"unknown explanation method '{method}' (choose from {', '.join(METHODS)})")
+    if method == "gradcam":
+        try:
+            import pytorch_grad_cam  # noqa: F401
+        except ImportError:
+            raise UsageError("Grad-CAM needs the grad-cam package: pip install 'vitdetect[explain]' "
+                             "(or use --explain-method rollout)") from None
+
+
+@contextmanager
+def eager_attention(model: torch.nn.Module) -> Iterator[None]:
+    """Eager attention (which returns its weights) for the duration of the block, then the previous one."""
+    previous = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
+
+
+def attention_rollout(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """N x g x g: the [CLS] token's rolled-out attention to each patch of the g x g grid; and the logits."""
+    with torch.no_grad(), eager_attention(model):
+        output = model(pixel_values=pixels, output_attentions=True)
+    tokens = output.attentions[0].shape[-1]
+    identity = torch.eye(tokens, device=pixels.device)
+    rollout = identity.expand(len(pixels), tokens, tokens)
+    for attention in output.attentions:
+        mixed = 0.5 * attention.float().mean(dim=1) + 0.5 * identity  # heads averaged, plus the residual
+        rollout = (mixed / mixed.sum(dim=-1, keepdim=True)) @ rollout
+    return _patch_grid(rollout[:, 0, 1:]), output.logits
+
+
+class _Logits(torch.nn.Module):
+    """The ViT as pixels -> logits, the plain callable grad-cam expects."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixels).logits
+
+
+class _Verdict:
+    """Grad-CAM target: the logit margin of the image's verdict (FAKE when P(FAKE) >= threshold) over the
+    other class, what P(FAKE) depends on. Decided from the same forward pass, so no extra one is needed."""
+
+    def __init__(self, temperature: float, threshold: float):
+        self.temperature, self.threshold = temperature, threshold
+
+    def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        fake = torch.softmax(logits.detach().double() / self.temperature, dim=-1)[1] >= self.threshold
+        margin = logits[1] - logits[0]
+        return margin if fake else -margin
+
+
+def grad_cam(model: torch.nn.Module, pixels: torch.Tensor, verdict: _Verdict) -> tuple[torch.Tensor, torch.Tensor]:
+    """N x H x W Grad-CAM maps at the model's input size, for the margin of each image's verdict; and the logits."""
+    check_method("gradcam")
+    from pytorch_grad_cam import GradCAM
+
+    target_layer = encoder_blocks(model)[-1].layernorm_before
+    try:
+        with torch.enable_grad(), GradCAM(_Logits(model), [target_layer], reshape_transform=_tokens_to_grid) as cam:
+            maps = cam(input_tensor=pixels, targets=[verdict] * len(pixels))
+            logits = cam.outputs.detach()
+    finally:
+        model.zero_grad(set_to_none=True)  # leave no gradients on the caller's model
+    return torch.from_numpy(maps), logits
+
+
+def _tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:
+    """N x (1 + g*g) x D activations -> N x D x g x g, [CLS] dropped: the layout Grad-CAM pools over."""
+    patches = tokens[:, 1:]
+    side = math.isqrt(patches.shape[1])
+    return patches.reshape(len(tokens), side, side, -1).permute(0, 3, 1, 2)
+
+
+def _patch_grid(values: torch.Tensor) -> torch.Tensor:
+    side = math.isqrt(values.shape[1])
+    return values.reshape(len(values), side, side)
+
+
+def _to_image_size(grid: torch.Tensor, size: int) -> np.ndarray:
+    """Upsample N x h x w maps to N x size x size and stretch each to [0, 1] (min to max, as grad-cam does)."""
+    maps = grid.detach().float().cpu()[:, None]
+    if maps.shape[-1] != size:
+        maps = F.interpolate(maps, size=(size, size), mode="bilinear", align_corners=False)
+    maps = maps[:, 0].clamp_(min=0)
+    maps = maps - maps.amin(dim=(1, 2), keepdim=True)
+    peak = maps.amax(dim=(1, 2), keepdim=True)
+    return torch.where(peak > 0, maps / peak.clamp(min=1e-12), maps).numpy().astype(np.float32)
+
+
+def confident_mistakes(labels: np.ndarray, p_fake: np.ndarray, threshold: float, count: int) -> dict[str, np.ndarray]:
+    """Indices of the `count` most confident mistakes of each kind, most confident first."""
+    called_fake = np.asarray(p_fake) >= threshold
+    mistakes = {}
+    for kind, (label, fake) in MISTAKE_KINDS.items():
+        wrong = np.flatnonzero((labels == label) & (called_fake == fake))
+        order = np.argsort(-p_fake[wrong] if fake else p_fake[wrong], kind="stable")
+        mistakes[kind] = wrong[order[:count]]
+    return mistakes
+
+
+def error_gallery(path: Path, trained: TrainedModel, images: ImageSet, mistakes: dict[str, np.ndarray],
+                  method: str, threshold: float, fmt: str = "png", device: torch.device | str = "cpu") -> None:
+    """Draw the gallery of mistakes (each kind one block of columns) with their heatmaps."""
+    from vitdetect.overlays import Explained, draw_error_gallery
+
+    rows = {}
+    for kind, indices in mistakes.items():
+        found = explain_images(trained, images.images[indices], method, threshold, device)
+        rows[kind] = [Explained(as_picture(images.images[i]), heat, float(p), CLASS_NAMES[int(p >= threshold)],
+                                Path(images.paths[i]).name)
+                      for i, heat, p in zip(indices.tolist(), found.heatmaps, found.p_fake, strict=True)]
+    draw_error_gallery(path, rows, method, fmt)
+
+
+def as_picture(image: torch.Tensor) -> np.ndarray:
+    """3xHxW uint8 -> HxWx3 for drawing."""
+    return image.permute(1, 2, 0).cpu().numpy()
