@@ -114,6 +114,11 @@ def train(
     augment: bool = described(TrainSettings, "augment", "--augment/--no-augment"),
     rotation_degrees: float = described(TrainSettings, "rotation_degrees", "--rotation-degrees"),
     color_jitter: bool = described(TrainSettings, "color_jitter", "--color-jitter/--no-color-jitter"),
+    augment_jpeg: float = described(TrainSettings, "augment_jpeg", "--augment-jpeg"),
+    augment_jpeg_quality: tuple[float, float] = described(TrainSettings, "augment_jpeg_quality",
+                                                          "--augment-jpeg-quality"),
+    augment_blur: float = described(TrainSettings, "augment_blur", "--augment-blur"),
+    augment_blur_sigma: tuple[float, float] = described(TrainSettings, "augment_blur_sigma", "--augment-blur-sigma"),
     feature_cache: bool = described(TrainSettings, "feature_cache", "--feature-cache/--no-feature-cache"),
     feature_views: int = described(TrainSettings, "feature_views", "--feature-views"),
     mixed_precision: MixedPrecision = described(TrainSettings, "mixed_precision", "--mixed-precision"),
@@ -184,6 +189,10 @@ def evaluate(
     set_threshold_at_fpr: float = described(EvaluateSettings, "set_threshold_at_fpr",
                                             "--set-threshold-at-fpr"),
     format: FigureFormat = described(EvaluateSettings, "format", "--format"),
+    robustness: bool = described(EvaluateSettings, "robustness", "--robustness/--no-robustness"),
+    perturbations: str = described(EvaluateSettings, "perturbations", "--perturbations"),
+    robustness_images: int = described(EvaluateSettings, "robustness_images", "--robustness-images"),
+    seed: int = described(EvaluateSettings, "seed", "--seed"),
     cpu: bool = described(EvaluateSettings, "cpu", "--cpu/--no-cpu"),
     cache_dir: Path = described(EvaluateSettings, "cache_dir", "--cache-dir"),
     quiet: bool = described(EvaluateSettings, "quiet", "--quiet/--no-quiet", "-q"),
@@ -196,6 +205,10 @@ def evaluate(
     result = run_evaluation(settings)
     if is_main_process():
         print_evaluation_summary(result)
+        if result.robustness is not None:
+            from vitdetect.robustness_results import robustness_table
+
+            stdout.print(robustness_table(result.robustness))
 
 
 @app.command()

@@ -28,7 +28,9 @@ from vitdetect.metrics import (
     predictions_csv,
     threshold_at_fpr,
 )
+from vitdetect.perturbations import resolve_suite
 from vitdetect.progress import Reporter
+from vitdetect.robustness import robustness_report, write_robustness
 from vitdetect.settings import EvaluateSettings
 
 
@@ -40,10 +42,12 @@ class EvaluationResult:
     images_per_second: float  # scoring alone
     figures: list[Path] = field(default_factory=list)
     stored_threshold: dict[str, Any] | None = None
+    robustness: dict[str, Any] | None = None  # robustness.json's content, with --robustness
 
 
 def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> EvaluationResult:
     started = time.perf_counter()
+    suite = resolve_suite(settings.perturbations) if settings.robustness else []  # a bad name fails at once
     accelerator = make_accelerator(settings.cpu)
     main = accelerator.is_main_process
     reporter = reporter or Reporter(settings.quiet, enabled=main)
@@ -70,6 +74,10 @@ def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> Ev
                                                   "threshold_source": stored})
     metrics, notes = detector_metrics(labels, p_fake, threshold, CLASS_NAMES)
     metrics.update(provenance(settings, trained, images))
+    report = None
+    if settings.robustness:
+        report = robustness_report(trained, images, threshold, suite, settings, accelerator, reporter)
+        report.update(provenance(settings, trained, images))
     figures: list[Path] = []
     if main:
         for note in notes:
@@ -78,9 +86,11 @@ def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> Ev
         from vitdetect.plots import evaluation_figures
 
         figures = evaluation_figures(output_dir, settings.format).written
+        if report is not None:
+            figures += write_robustness(output_dir, report, settings.format, reporter)
     accelerator.wait_for_everyone()
     seconds = time.perf_counter() - started
-    return EvaluationResult(metrics, output_dir, seconds, images_per_second, figures, stored)
+    return EvaluationResult(metrics, output_dir, seconds, images_per_second, figures, stored, report)
 
 
 def threshold_for_fpr(labels: np.ndarray, p_fake: np.ndarray, settings: EvaluateSettings) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from vitdetect.run_artifacts import (
     write_history,
 )
 from vitdetect.settings import TrainMode, TrainSettings
-from vitdetect.transforms import Preprocessing, build_augmentation, to_model_input
+from vitdetect.transforms import Preprocessing, to_model_input, training_augmentation
 
 
 @dataclass
@@ -93,7 +93,7 @@ def train(settings: TrainSettings, reporter: Reporter | None = None, resume: Pat
         write_config(output_dir, settings, prep, trainable, total, accelerator.num_processes)
 
     model.to(accelerator.device)
-    augmentation = build_augmentation(settings.rotation_degrees, settings.color_jitter) if settings.augment else None
+    augmentation = training_augmentation(settings)
     use_features = settings.train_mode == TrainMode.head and settings.feature_cache
     if use_features:
         # Building a fresh model and rebuilding a resumed one draw different amounts of randomness:

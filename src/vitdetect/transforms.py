@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from vitdetect.settings import TrainSettings
+
 # The reference recipe's ColorJitter strengths.
 JITTER = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.05}
 
@@ -38,16 +40,44 @@ class Preprocessing:
         )
 
 
-def build_augmentation(rotation_degrees: float, color_jitter: bool = True) -> torch.nn.Module:
-    """Per-sample RandomHorizontalFlip, RandomRotation (when degrees > 0) and ColorJitter on a batch in [0, 1]."""
+def build_augmentation(
+    rotation_degrees: float,
+    color_jitter: bool = True,
+    jpeg: float = 0.0,
+    jpeg_quality: tuple[float, float] = (30.0, 95.0),
+    blur: float = 0.0,
+    blur_sigma: tuple[float, float] = (0.1, 2.0),
+) -> torch.nn.Module:
+    """Per-sample augmentation of a batch in [0, 1]: RandomHorizontalFlip, RandomRotation (degrees > 0),
+    ColorJitter, then, with probabilities `blur` and `jpeg`, a Gaussian blur and a JPEG re-compression.
+
+    Blur and JPEG come last, as in the wild: an image is edited, then saved. kornia's RandomJPEG is a
+    differentiable imitation of the codec, close enough to teach invariance (the robustness report
+    itself uses the real encoder).
+    """
     import kornia.augmentation as K
+
+    from vitdetect.perturbations import blur_kernel_size
 
     steps = [K.RandomHorizontalFlip(p=0.5)]
     if rotation_degrees > 0:
         steps.append(K.RandomRotation(degrees=rotation_degrees, p=1.0))
     if color_jitter:
         steps.append(K.ColorJitter(**JITTER, p=1.0))
+    if blur > 0:
+        steps.append(K.RandomGaussianBlur(blur_kernel_size(blur_sigma[1]), blur_sigma, p=blur))
+    if jpeg > 0:
+        steps.append(K.RandomJPEG(jpeg_quality=jpeg_quality, p=jpeg))
     return torch.nn.Sequential(*steps)
+
+
+def training_augmentation(settings: TrainSettings) -> torch.nn.Module | None:
+    """The augmentation a training run's settings ask for; None with --no-augment."""
+    if not settings.augment:
+        return None
+    return build_augmentation(settings.rotation_degrees, settings.color_jitter,
+                              jpeg=settings.augment_jpeg, jpeg_quality=settings.augment_jpeg_quality,
+                              blur=settings.augment_blur, blur_sigma=settings.augment_blur_sigma)
 
 
 def to_model_input(
@@ -63,7 +93,8 @@ def to_model_input(
     """
     batch = images.float().div_(255.0)
     if augmentation is not None:
-        batch = augmentation(batch).clamp_(0.0, 1.0)
+        with torch.autocast(batch.device.type, enabled=False):  # kornia's JPEG codec wants float32
+            batch = augmentation(batch).clamp_(0.0, 1.0)
     # Normalizing before the resize gives the same result (the resize's weights sum to 1) and touches
     # 49x fewer values at 32 -> 224: on the CPU, normalizing the 224 output cost more than the resize.
     mean = torch.tensor(prep.mean, device=batch.device).view(1, 3, 1, 1)
