@@ -202,6 +202,13 @@ class EvaluateSettings(_FigureSettings):
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Decoded-image cache.")
     quiet: bool = Field(False, description="Print only errors and the final summary.")
 
+    @field_validator("robustness_images")
+    @classmethod
+    def _all_or_both_classes(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("needs 0 (all images) or at least 2 (one per class)")
+        return value
+
     @model_validator(mode="after")
     def _robustness_options_need_robustness(self) -> EvaluateSettings:
         given = sorted({"perturbations", "robustness_images", "seed"} & self.model_fields_set)
