@@ -55,14 +55,15 @@ def draw_robustness(figure, report: dict[str, Any]) -> None:
         else:
             ax.axhline(clean[key], color=GUIDE, linestyle="--", linewidth=1, label=f"clean: {clean[key]:.4f}")
             ax.scatter([0], [clean[key]], marker="*", s=220, color=GUIDE, zorder=4)
-        for family in families:
+        for index, family in enumerate(families):
             members = [row for row in rows if row["family"] == family]
             levels, values = [0] + [row["level"] for row in members], [clean[key]] + [row[key] for row in members]
             ax.plot(levels, values, marker="o", color=FAMILY_COLOURS[family], linewidth=2,
                     label=f"{members[0]['family_title']}: {', '.join(row['parameter'] for row in members)}")
             for row in members:
-                ax.annotate(row["parameter"], (row["level"], row[key]), textcoords="offset points", xytext=(4, 4),
-                            fontsize=7, color=FAMILY_COLOURS[family])
+                # alternate families above and below their points: lines that overlap keep readable labels
+                ax.annotate(row["parameter"], (row["level"], row[key]), textcoords="offset points",
+                            xytext=(4, 4 if index % 2 == 0 else -11), fontsize=7, color=FAMILY_COLOURS[family])
         for row in rows:
             if row["family"] == "png":
                 ax.scatter([0], [row[key]], marker="o", s=90, facecolors="none", edgecolors="black", zorder=5,

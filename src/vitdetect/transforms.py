@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from vitdetect.perturbations import blur_kernel_size
 from vitdetect.settings import TrainSettings
 
 # The reference recipe's ColorJitter strengths.
@@ -57,8 +58,6 @@ def build_augmentation(
     """
     import kornia.augmentation as K
 
-    from vitdetect.perturbations import blur_kernel_size
-
     steps = [K.RandomHorizontalFlip(p=0.5)]
     if rotation_degrees > 0:
         steps.append(K.RandomRotation(degrees=rotation_degrees, p=1.0))
@@ -93,8 +92,7 @@ def to_model_input(
     """
     batch = images.float().div_(255.0)
     if augmentation is not None:
-        with torch.autocast(batch.device.type, enabled=False):  # kornia's JPEG codec wants float32
-            batch = augmentation(batch).clamp_(0.0, 1.0)
+        batch = augmentation(batch).clamp_(0.0, 1.0)
     # Normalizing before the resize gives the same result (the resize's weights sum to 1) and touches
     # 49x fewer values at 32 -> 224: on the CPU, normalizing the 224 output cost more than the resize.
     mean = torch.tensor(prep.mean, device=batch.device).view(1, 3, 1, 1)
