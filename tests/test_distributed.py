@@ -154,8 +154,10 @@ def test_two_process_evaluation_of_101_images_matches_one_process(two_process_ru
     data = make_dataset(tmp_path / "cifake", per_class=51, splits=("test",))
     (data / "test" / "REAL" / "0.jpg").unlink()  # 101 images: the sampler pads the last batch
     common = ["--checkpoint", str(output / "best_model.pth"), "--data-dir", str(data), "--batch-size", "8",
-              "--cache-dir", str(tmp_path / "cache")]
-    torchrun("-m", "vitdetect", "evaluate", *common, "--output-dir", str(tmp_path / "two"), cwd=tmp_path)
+              "--cache-dir", str(tmp_path / "cache"), "--robustness", "--robustness-images", "0",
+              "--perturbations", "jpeg-50,noise-5,png"]
+    proc = torchrun("-m", "vitdetect", "evaluate", *common, "--output-dir", str(tmp_path / "two"), cwd=tmp_path)
+    assert proc.stdout.count("robustness: test split, 101 images") == 1
     evaluate_in_one_process(*common, "--output-dir", str(tmp_path / "one"))
 
     two, one = (read_rows(tmp_path / name / "predictions.csv") for name in ("two", "one"))
@@ -166,6 +168,13 @@ def test_two_process_evaluation_of_101_images_matches_one_process(two_process_ru
                             {**expected, "p_fake": float(expected["p_fake"])})
     two, one = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("two", "one"))
     assert two["n_images"] == 101
+    assert_same_numbers(two, one)
+    # The robustness rows too: each perturbed image scored once (n_images), the same numbers as one process.
+    two, one = (json.loads((tmp_path / name / "robustness.json").read_text()) for name in ("two", "one"))
+    assert two["n_images"] == 101 and [row["name"] for row in two["rows"]] == ["clean", "jpeg-50", "noise-5", "png"]
+    for report in (two, one):
+        for row in [report, *report["rows"]]:
+            del row["seconds"]
     assert_same_numbers(two, one)
 
 

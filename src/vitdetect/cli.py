@@ -148,6 +148,11 @@ def train(
     color_jitter: bool = described(TrainSettings, "color_jitter", "--color-jitter/--no-color-jitter"),
     crop_padding: int = described(TrainSettings, "crop_padding", "--crop-padding"),
     label_smoothing: float = described(TrainSettings, "label_smoothing", "--label-smoothing"),
+    augment_jpeg: float = described(TrainSettings, "augment_jpeg", "--augment-jpeg"),
+    augment_jpeg_quality: tuple[float, float] = described(TrainSettings, "augment_jpeg_quality",
+                                                          "--augment-jpeg-quality"),
+    augment_blur: float = described(TrainSettings, "augment_blur", "--augment-blur"),
+    augment_blur_sigma: tuple[float, float] = described(TrainSettings, "augment_blur_sigma", "--augment-blur-sigma"),
     feature_cache: bool = described(TrainSettings, "feature_cache", "--feature-cache/--no-feature-cache"),
     feature_views: int = described(TrainSettings, "feature_views", "--feature-views"),
     mixed_precision: MixedPrecision = described(TrainSettings, "mixed_precision", "--mixed-precision"),
@@ -229,6 +234,10 @@ def evaluate(
     explain_errors: int = described(EvaluateSettings, "explain_errors", "--explain-errors"),
     explain_method: ExplainMethod = described(EvaluateSettings, "explain_method", "--explain-method"),
     format: FigureFormat = described(EvaluateSettings, "format", "--format"),
+    robustness: bool = described(EvaluateSettings, "robustness", "--robustness/--no-robustness"),
+    perturbations: str = described(EvaluateSettings, "perturbations", "--perturbations"),
+    robustness_images: int = described(EvaluateSettings, "robustness_images", "--robustness-images"),
+    seed: int = described(EvaluateSettings, "seed", "--seed"),
     cpu: bool = described(EvaluateSettings, "cpu", "--cpu/--no-cpu"),
     cache_dir: Path = described(EvaluateSettings, "cache_dir", "--cache-dir"),
     quiet: bool = described(EvaluateSettings, "quiet", "--quiet/--no-quiet", "-q"),
@@ -244,6 +253,10 @@ def evaluate(
     result = run_evaluation(settings)
     if is_main_process():
         print_evaluation_summary(result)
+        if result.robustness is not None:
+            from vitdetect.robustness_results import robustness_table
+
+            stdout.print(robustness_table(result.robustness))
 
 
 @app.command()

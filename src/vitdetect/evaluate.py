@@ -33,7 +33,9 @@ from vitdetect.metrics import (
     probability_metrics,
     threshold_at_fpr,
 )
+from vitdetect.perturbations import resolve_suite
 from vitdetect.progress import Reporter
+from vitdetect.robustness import robustness_report, write_robustness
 from vitdetect.settings import EvaluateSettings
 
 
@@ -45,11 +47,13 @@ class EvaluationResult:
     images_per_second: float  # scoring alone
     figures: list[Path] = field(default_factory=list)
     stored_threshold: dict[str, Any] | None = None
+    robustness: dict[str, Any] | None = None  # robustness.json's content, with --robustness
 
 
 def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> EvaluationResult:
     """Evaluate, holding the output folder's lock (and the checkpoint's, when its threshold is rewritten)."""
     started = time.perf_counter()
+    suite = resolve_suite(settings.perturbations) if settings.robustness else []  # a bad name fails at once
     output_dir = settings.output_dir or settings.checkpoint.parent
     settings = tracking.with_run_name(settings, output_dir, settings.split)
     accelerator = make_accelerator(settings.cpu, **tracking.accelerator_options(settings, output_dir))
@@ -63,7 +67,7 @@ def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> Ev
             locks.enter_context(output_lock(folder, accelerator))
         if settings.set_threshold_at_fpr is not None:  # the checkpoint as it is now that no one else writes it
             trained = TrainedModel.load(settings.checkpoint)
-        result = run_evaluation(settings, trained, output_dir, accelerator, reporter)
+        result = run_evaluation(settings, trained, output_dir, accelerator, reporter, suite)
     result.seconds = time.perf_counter() - started
     return result
 
@@ -78,7 +82,7 @@ def folders_written(settings: EvaluateSettings, output_dir: Path) -> list[Path]:
 
 
 def run_evaluation(settings: EvaluateSettings, trained: TrainedModel, output_dir: Path, accelerator,
-                   reporter: Reporter | None) -> EvaluationResult:
+                   reporter: Reporter | None, suite: list) -> EvaluationResult:
     main = accelerator.is_main_process
     reporter = reporter or Reporter(settings.quiet, enabled=main)
     with accelerator.local_main_process_first():  # one decoder per machine; the others read its cache
@@ -103,6 +107,10 @@ def run_evaluation(settings: EvaluateSettings, trained: TrainedModel, output_dir
     metrics.update(temperature=trained.temperature, temperature_fit=trained.checkpoint.get(FIT_KEY),
                    uncalibrated=probability_metrics(labels, p_uncalibrated))
     metrics.update(provenance(settings, trained, images))
+    report = None
+    if settings.robustness:
+        report = robustness_report(trained, images, threshold, suite, settings, accelerator, reporter)
+        report.update(provenance(settings, trained, images))
     figures: list[Path] = []
     if main:
         for note in notes:
@@ -114,9 +122,11 @@ def run_evaluation(settings: EvaluateSettings, trained: TrainedModel, output_dir
         if settings.explain_errors:
             figures.append(draw_errors(trained, images, p_fake, threshold, settings, output_dir, reporter,
                                        accelerator.device))
+        if report is not None:
+            figures += write_robustness(output_dir, report, settings.format, reporter)
     tracking.log_evaluation(accelerator, settings, metrics, output_dir, figures)
     accelerator.wait_for_everyone()
-    return EvaluationResult(metrics, output_dir, 0.0, images_per_second, figures, stored)
+    return EvaluationResult(metrics, output_dir, 0.0, images_per_second, figures, stored, report)
 
 
 def threshold_for_fpr(labels: np.ndarray, p_fake: np.ndarray, settings: EvaluateSettings) -> dict[str, Any]:

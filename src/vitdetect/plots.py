@@ -60,11 +60,14 @@ def all_figures(results_dir: Path, fmt: str = "png") -> PlotResult:
         raise VitdetectError(
             f"results dir not found: {results_dir} (run `vitdetect train` and `vitdetect evaluate`)"
         )
+    from vitdetect.robustness_results import ROBUSTNESS_NAME, robustness_figures
+
     result = training_figures(results_dir, fmt).add(evaluation_figures(results_dir, fmt))
+    result = result.add(robustness_figures(results_dir, fmt))
     if not result.written:
         raise VitdetectError(
             f"nothing to plot in {results_dir}: no {EPOCH_HISTORY_NAME}, {BATCH_HISTORY_NAME}, "
-            f"or {METRICS_NAME} with {PREDICTIONS_NAME}"
+            f"{METRICS_NAME} with {PREDICTIONS_NAME}, or {ROBUSTNESS_NAME}"
         )
     return result
 

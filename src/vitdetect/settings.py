@@ -13,7 +13,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from vitdetect.errors import UsageError
 from vitdetect.presets import recipe_for
@@ -26,6 +26,9 @@ DEFAULT_MODEL = "google/vit-base-patch16-224"
 MAX_SEED = 2**31 - 1
 MAX_BATCH_SIZE = 2**20
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+# Allowed (lowest, highest) of the robust-training ranges: JPEG quality 1-100; a blur sigma above 0 and
+# at most 10 pixels of the stored image (beyond that a 32x32 image is a flat colour).
+RANGE_LIMITS = {"augment_jpeg_quality": (1.0, 100.0), "augment_blur_sigma": (0.01, 10.0)}
 
 
 def default_cache_dir() -> Path:
@@ -135,6 +138,21 @@ class TrainSettings(_TrackingSettings):
                               "by this many pixels (0: off); shifts the image without resampling it.")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing of the training loss "
                                    "(validation loss stays plain cross-entropy).")
+    augment_jpeg: float = Field(
+        0.0, ge=0, le=1, description="Robust training: probability that a training image is JPEG re-compressed "
+        "(kornia RandomJPEG, on the stored image before the resize).",
+    )
+    augment_jpeg_quality: tuple[float, float] = Field(
+        (30.0, 95.0), description="Robust training: the JPEG quality range of --augment-jpeg, drawn uniformly."
+    )
+    augment_blur: float = Field(
+        0.0, ge=0, le=1, description="Robust training: probability that a training image is Gaussian-blurred "
+        "(kornia RandomGaussianBlur, on the stored image before the resize).",
+    )
+    augment_blur_sigma: tuple[float, float] = Field(
+        (0.1, 2.0), description="Robust training: the blur sigma range of --augment-blur, in stored-image pixels, "
+        "drawn uniformly."
+    )
     feature_cache: bool = Field(
         True, description="Head-only mode: run the frozen backbone once per image view, then train the head."
     )
@@ -159,6 +177,22 @@ class TrainSettings(_TrackingSettings):
         "(stored in best_model.pth); off: T = 1."
     )
     quiet: bool = Field(False, description="Print only errors and the final summary.")
+
+    @field_validator("augment_jpeg_quality", "augment_blur_sigma")
+    @classmethod
+    def _increasing_range(cls, value: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
+        low, high = value
+        lowest, highest = RANGE_LIMITS[info.field_name]
+        if not lowest <= low <= high <= highest:
+            raise ValueError(f"needs LOW HIGH with {lowest:g} <= LOW <= HIGH <= {highest:g}")
+        return value
+
+    @model_validator(mode="after")
+    def _robust_augmentations_need_augment(self) -> TrainSettings:
+        if not self.augment and (self.augment_jpeg or self.augment_blur):
+            raise UsageError("--augment-jpeg and --augment-blur are augmentations: they cannot be combined with "
+                             "--no-augment")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -212,9 +246,38 @@ class EvaluateSettings(_FigureSettings, _TrackingSettings):
         "FAKE, FAKE called REAL) with their heatmaps; 0: none."
     )
     explain_method: ExplainMethod = Field(ExplainMethod.rollout, description=EXPLAIN_METHOD_HELP)
+    robustness: bool = Field(
+        False, description="Also score a sample of the split under the perturbation suite (JPEG, blur, "
+        "down-scaling, noise, PNG round trip): robustness.json and robustness.png."
+    )
+    perturbations: str = Field(
+        "all", min_length=1, description="With --robustness: the perturbations to run, comma-separated: jpeg-95, "
+        "jpeg-75, jpeg-50, jpeg-30, blur-0.5, blur-1, blur-2, downscale-2, downscale-4, noise-2, noise-5, noise-10, "
+        "png (lossless round trip: must equal clean), or whole families: jpeg, blur, downscale, noise; all: every one.",
+    )
+    robustness_images: int = Field(
+        2000, ge=0, description="With --robustness: images scored per perturbation, a stratified seeded sample "
+        "of the split; 0: all of them.",
+    )
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="With --robustness: seed of the sample and the noise.")
     cpu: bool = Field(False, description="Run on the CPU even when a GPU is available.")
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Decoded-image cache.")
     quiet: bool = Field(False, description="Print only errors and the final summary.")
+
+    @field_validator("robustness_images")
+    @classmethod
+    def _all_or_both_classes(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("needs 0 (all images) or at least 2 (one per class)")
+        return value
+
+    @model_validator(mode="after")
+    def _robustness_options_need_robustness(self) -> EvaluateSettings:
+        given = sorted({"perturbations", "robustness_images", "seed"} & self.model_fields_set)
+        if given and not self.robustness:
+            names = " and ".join("--" + name.replace("_", "-") for name in given)
+            raise UsageError(f"{names}: only used with --robustness")
+        return self
 
 
 class PlotSettings(_FigureSettings):

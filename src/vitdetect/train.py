@@ -41,7 +41,7 @@ from vitdetect.run_artifacts import (
     write_history,
 )
 from vitdetect.settings import TrainMode, TrainSettings
-from vitdetect.transforms import Preprocessing, build_augmentation, to_model_input
+from vitdetect.transforms import Preprocessing, to_model_input, training_augmentation
 
 
 @dataclass
@@ -104,8 +104,7 @@ def run_training(settings: TrainSettings, accelerator, reporter: Reporter, resum
         write_config(output_dir, config)
 
     model.to(accelerator.device)
-    augmentation = build_augmentation(settings.rotation_degrees, settings.color_jitter, settings.crop_padding,
-                                      prep.storage_size) if settings.augment else None
+    augmentation = training_augmentation(settings, prep.storage_size)
     use_features = settings.train_mode == TrainMode.head and settings.feature_cache
     if use_features:
         # Building a fresh model and rebuilding a resumed one draw different amounts of randomness:

@@ -12,6 +12,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from vitdetect.perturbations import blur_kernel_size
+from vitdetect.settings import TrainSettings
+
 # The reference recipe's ColorJitter strengths.
 JITTER = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.05}
 
@@ -38,10 +41,24 @@ class Preprocessing:
         )
 
 
-def build_augmentation(rotation_degrees: float, color_jitter: bool = True, crop_padding: int = 0,
-                       storage_size: int = 32) -> torch.nn.Module:
-    """Per-sample RandomHorizontalFlip, a reflect-padded random crop (when padding > 0), RandomRotation (when
-    degrees > 0) and ColorJitter on a batch in [0, 1] at the stored size."""
+def build_augmentation(
+    rotation_degrees: float,
+    color_jitter: bool = True,
+    crop_padding: int = 0,
+    storage_size: int = 32,
+    jpeg: float = 0.0,
+    jpeg_quality: tuple[float, float] = (30.0, 95.0),
+    blur: float = 0.0,
+    blur_sigma: tuple[float, float] = (0.1, 2.0),
+) -> torch.nn.Module:
+    """Per-sample augmentation of a batch in [0, 1] at the stored size: RandomHorizontalFlip, a reflect-padded
+    random crop (crop_padding > 0), RandomRotation (degrees > 0), ColorJitter, then, with probabilities `blur`
+    and `jpeg`, a Gaussian blur and a JPEG re-compression.
+
+    Blur and JPEG come last, as in the wild: an image is edited, then saved. kornia's RandomJPEG is a
+    differentiable imitation of the codec, close enough to teach invariance (the robustness report
+    itself uses the real encoder).
+    """
     import kornia.augmentation as K
 
     steps = [K.RandomHorizontalFlip(p=0.5)]
@@ -51,7 +68,20 @@ def build_augmentation(rotation_degrees: float, color_jitter: bool = True, crop_
         steps.append(K.RandomRotation(degrees=rotation_degrees, p=1.0))
     if color_jitter:
         steps.append(K.ColorJitter(**JITTER, p=1.0))
+    if blur > 0:
+        steps.append(K.RandomGaussianBlur(blur_kernel_size(blur_sigma[1]), blur_sigma, p=blur))
+    if jpeg > 0:
+        steps.append(K.RandomJPEG(jpeg_quality=jpeg_quality, p=jpeg))
     return torch.nn.Sequential(*steps)
+
+
+def training_augmentation(settings: TrainSettings, storage_size: int) -> torch.nn.Module | None:
+    """The augmentation a training run's settings ask for; None with --no-augment."""
+    if not settings.augment:
+        return None
+    return build_augmentation(settings.rotation_degrees, settings.color_jitter, settings.crop_padding, storage_size,
+                              jpeg=settings.augment_jpeg, jpeg_quality=settings.augment_jpeg_quality,
+                              blur=settings.augment_blur, blur_sigma=settings.augment_blur_sigma)
 
 
 def to_model_input(
