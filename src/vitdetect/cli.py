@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from vitdetect import __version__
@@ -24,8 +25,11 @@ except ImportError:
     from click.exceptions import ClickException, NoArgsIsHelpError
 from vitdetect.errors import Terminated, UsageError, VitdetectError
 from vitdetect.settings import (
+    Backend,
     DownloadSettings,
     EvaluateSettings,
+    ExportFormat,
+    ExportSettings,
     FigureFormat,
     MixedPrecision,
     OutputFormat,
@@ -76,7 +80,8 @@ def described(settings: type, name: str, *flags: str, **kwargs: Any) -> Any:
     info = settings.model_fields[name]
     default = info.default if info.default_factory is None else info.default_factory()
     shown = getattr(default, "value", default)
-    return typer.Option(None, *flags, help=f"{info.description} (default: {shown})", show_default=False, **kwargs)
+    text = escape(f"{info.description} (default: {shown})")  # help is rich markup: keep [onnx] as typed
+    return typer.Option(None, *flags, help=text, show_default=False, **kwargs)
 
 
 def version_callback(value: bool) -> None:
@@ -150,6 +155,7 @@ def predict(
     paths: list[str] = typer.Argument(None, show_default=False,
                                       help="Image files, folders and glob patterns (quoted: 'shots/*.png')."),
     checkpoint: Path = described(PredictSettings, "checkpoint", "--checkpoint"),
+    backend: Backend = described(PredictSettings, "backend", "--backend"),
     threshold: float = described(PredictSettings, "threshold", "--threshold"),
     format: OutputFormat = described(PredictSettings, "format", "--format"),
     output: Path = described(PredictSettings, "output", "--output", "-o"),
@@ -213,6 +219,28 @@ def plot(
         typer.echo(f"note: {note}", err=True)
     for path in result.written:
         stdout.print(f"wrote {path}")
+
+
+@app.command()
+@user_errors
+def export(
+    checkpoint: Path = described(ExportSettings, "checkpoint", "--checkpoint"),
+    format: ExportFormat = described(ExportSettings, "format", "--format"),
+    output: Path = typer.Option(..., "--output", "-o", show_default=False,
+                                help=ExportSettings.model_fields["output"].description),
+    overwrite: bool = described(ExportSettings, "overwrite", "--overwrite/--no-overwrite"),
+) -> None:
+    """Export a checkpoint: ONNX (for ONNX Runtime and friends) or a Hugging Face folder with a model card."""
+    settings = build_settings(ExportSettings, None, **locals())
+    from vitdetect.export import export as run_export
+
+    result = run_export(settings)
+    folded = "no calibration temperature" if result.temperature == 1.0 else \
+        f"temperature {result.temperature:.4g} folded into the classifier"
+    typer.echo(f"exported {settings.checkpoint} -> {result.output} ({result.format}, "
+               f"{result.size_bytes / 2**20:,.1f} MB; {folded})")
+    for note in result.notes:
+        typer.echo(note)
 
 
 def print_evaluation_summary(result) -> None:

@@ -1,11 +1,12 @@
 """Judging new images: `Detector`, the Python API that `vitdetect predict` is built on.
 
-    detector = Detector.from_checkpoint("results/best_model.pth")
+    detector = Detector.from_checkpoint("results/best_model.pth")   # or Detector.from_onnx("model.onnx")
     for result in detector.predict(["photo.jpg", "render.png"]):
         print(result.path, result.label, result.p_fake)
 
 Images go through the one decoder (`images.decode_rgb`) and the scoring `evaluate` uses
-(`inference.fake_probabilities`), so an image gets the same P(FAKE) here as in predictions.csv.
+(`inference.fake_probabilities`), so an image gets the same P(FAKE) here as in predictions.csv. An
+exported ONNX file runs in ONNX Runtime after the same decoder and `transforms.to_model_input`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from rich.table import Table
@@ -33,8 +35,9 @@ from vitdetect.images import IMAGE_EXTENSIONS, is_image_path
 from vitdetect.inference import TrainedModel, fake_probabilities
 from vitdetect.labels import ID2LABEL, POSITIVE_CLASS
 from vitdetect.metrics import classify
+from vitdetect.onnx_backend import OnnxModel
 from vitdetect.progress import Reporter
-from vitdetect.settings import OutputFormat, PredictSettings
+from vitdetect.settings import Backend, OutputFormat, PredictSettings
 
 ImageSource = str | Path | bytes | Image.Image
 FIELDS = ("path", "label", "p_fake", "confidence", "error")
@@ -58,11 +61,11 @@ class Prediction:
 
 
 class Detector:
-    """A trained checkpoint ready to judge images: paths, raw bytes or PIL images."""
+    """A trained checkpoint (or an exported ONNX file) ready to judge images: paths, raw bytes or PIL images."""
 
     def __init__(
         self,
-        trained: TrainedModel,
+        trained: TrainedModel | OnnxModel,
         threshold: float | None = None,
         batch_size: int = PredictSettings.model_fields["batch_size"].default,
         accelerator=None,
@@ -83,6 +86,11 @@ class Detector:
         if not path.exists():
             raise UsageError(f"checkpoint not found: {path} (train one with `vitdetect train`)")
         return cls(TrainedModel.load(path), **options)
+
+    @classmethod
+    def from_onnx(cls, path: str | Path, cpu: bool = False, **options) -> Detector:
+        """Load a file written by `vitdetect export --format onnx` into ONNX Runtime; options as for Detector()."""
+        return cls(OnnxModel.load(path, cpu=cpu), **options)
 
     def predict(self, images: Iterable[ImageSource]) -> list[Prediction]:
         """One Prediction per image, in order; images that cannot be decoded get an error instead.
@@ -109,11 +117,16 @@ class Detector:
         return images, kept, [reason for _, reason in failures]
 
     def _judge(self, names: list[str], images: torch.Tensor, kept: list[int], reasons: list[str]):
-        scores = fake_probabilities(self.trained, images, self.batch_size, self.accelerator) if kept else []
+        scores = self._probabilities(images) if kept else []
         judged = dict(zip(kept, zip(scores, classify(scores, self.threshold), strict=True), strict=True))
         failed = iter(reasons)  # failures come in input order, like kept
         return [_verdict(name, *judged[index]) if index in judged else Prediction(name, error=next(failed))
                 for index, name in enumerate(names)]
+
+    def _probabilities(self, images: torch.Tensor) -> np.ndarray:
+        if isinstance(self.trained, OnnxModel):
+            return self.trained.fake_probabilities(images, self.batch_size)
+        return fake_probabilities(self.trained, images, self.batch_size, self.accelerator)
 
 
 def _verdict(path: str, p_fake: float, fake: int) -> Prediction:
@@ -253,9 +266,14 @@ def run(settings: PredictSettings, patterns: Sequence[str], reporter: Reporter |
         examples = ", ".join(path.name for path in found.ignored[:3])
         reporter.info(f"ignored {len(found.ignored)} file(s) without an image extension ({examples}"
                       f"{', ...' if len(found.ignored) > 3 else ''})")
-    detector = Detector.from_checkpoint(settings.checkpoint, threshold=settings.threshold,
-                                        batch_size=settings.batch_size, accelerator=accelerator,
-                                        reporter=reporter)
+    options = dict(threshold=settings.threshold, batch_size=settings.batch_size, accelerator=accelerator,
+                   reporter=reporter)
+    if settings.backend == Backend.onnx:
+        detector = Detector.from_onnx(settings.checkpoint, cpu=settings.cpu, **options)
+    elif settings.checkpoint.suffix.lower() == ".onnx":
+        raise UsageError(f"{settings.checkpoint} is an ONNX file: add --backend onnx to run it with ONNX Runtime")
+    else:
+        detector = Detector.from_checkpoint(settings.checkpoint, **options)
     results = detector.predict(found.paths)
     if settings.output and accelerator.is_main_process:
         try:

@@ -170,12 +170,22 @@ class OutputFormat(str, Enum):
     csv = "csv"
 
 
+class Backend(str, Enum):
+    torch = "torch"
+    onnx = "onnx"
+
+
 class PredictSettings(_Settings):
     """`vitdetect predict`: judge image files, folders and glob patterns with a checkpoint."""
 
     checkpoint: Path = Field(
         EvaluateSettings.model_fields["checkpoint"].default,
-        description="Checkpoint written by `vitdetect train`.",
+        description="Checkpoint written by `vitdetect train` (with --backend onnx: a file written by "
+        "`vitdetect export --format onnx`).",
+    )
+    backend: Backend = Field(
+        Backend.torch, description="torch: run the checkpoint with PyTorch; onnx: run an exported .onnx file "
+        "with ONNX Runtime (pip install 'vitdetect[onnx]'), one process.",
     )
     threshold: float | None = Field(
         None, ge=0, le=1, description="FAKE when P(FAKE) >= this; unset: the checkpoint's, else 0.5."
@@ -192,6 +202,26 @@ class PredictSettings(_Settings):
     recursive: bool = Field(False, description="Also look for images in sub-folders of the given folders.")
     cpu: bool = Field(False, description="Run on the CPU even when a GPU is available.")
     quiet: bool = Field(False, description="No progress bar and summary on stderr; only the results.")
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    hf = "hf"
+
+
+class ExportSettings(_Settings):
+    """`vitdetect export`: a checkpoint as an ONNX file or a Hugging Face model folder with a model card."""
+
+    checkpoint: Path = Field(
+        EvaluateSettings.model_fields["checkpoint"].default,
+        description="Checkpoint written by `vitdetect train` (or `builtin`).",
+    )
+    format: ExportFormat = Field(
+        ExportFormat.onnx, description="onnx: one .onnx file (pip install 'vitdetect[onnx]'); hf: a "
+        "save_pretrained folder with its image processor and a model card README.md.",
+    )
+    output: Path = Field(description="The .onnx file, or the folder for --format hf.")
+    overwrite: bool = Field(False, description="Replace --output when it already exists.")
 
 
 class Source(str, Enum):
