@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 import torch
 
-from vitdetect.atomic import atomic_write, atomic_write_dir
+from vitdetect.atomic import atomic_write, atomic_write_dir, ensure_writable_parent
 from vitdetect.checkpoint import write_pretrained
 from vitdetect.errors import UsageError, VitdetectError
 from vitdetect.inference import TrainedModel
@@ -64,12 +63,7 @@ def check_output(output: Path, fmt: str, overwrite: bool) -> None:
     if output.exists() and output.is_dir() != (kind == "folder"):
         raise UsageError(f"--output {output} is a {'folder' if output.is_dir() else 'file'}; --format {fmt} "
                          f"writes a {kind}")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create the folder for --output {output}: {exc.strerror or exc}") from None
-    if not os.access(output.parent, os.W_OK):
-        raise UsageError(f"cannot write --output {output}: its folder is not writable")
+    ensure_writable_parent(output)
 
 
 def checkpoint_temperature(trained: TrainedModel, source: Path) -> float:

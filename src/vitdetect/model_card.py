@@ -139,9 +139,10 @@ def _preprocessing(trained: TrainedModel) -> str:
         sizes = (f"- vitdetect first decodes every image at {prep.storage_size}x{prep.storage_size} (the size it "
                  f"was trained at), normalises it and only then resizes to {prep.image_size}x{prep.image_size}; "
                  f"the image processor resizes the image straight to {prep.image_size}x{prep.image_size} in 8-bit "
-                 "before normalising. On CIFAKE's 32x32 images the two differ only by that rounding and P(FAKE) "
-                 "differs slightly from `vitdetect predict`; for other sizes the difference is larger. For "
-                 "vitdetect's exact numbers use `vitdetect predict` or the ONNX export, which documents the rule.")
+                 f"before normalising. On {prep.storage_size}x{prep.storage_size} images the two differ only by "
+                 "that rounding, and P(FAKE) differs from `vitdetect predict` by typically under 0.001 (up to a few "
+                 "hundredths on single images); for other sizes the difference is larger. For vitdetect's exact "
+                 "numbers use `vitdetect predict` or the ONNX export, which documents the rule.")
     return f"""## Preprocessing
 
 The image processor resizes to {prep.image_size}x{prep.image_size} (bilinear), scales pixels to [0, 1] and

@@ -27,7 +27,7 @@ from PIL import Image
 from rich.table import Table
 from rich.text import Text
 
-from vitdetect.atomic import atomic_write_text
+from vitdetect.atomic import atomic_write_text, ensure_writable_parent
 from vitdetect.data import decode_images
 from vitdetect.distributed import make_accelerator
 from vitdetect.errors import UsageError, VitdetectError
@@ -236,12 +236,7 @@ def check_output(path: Path) -> None:
     """Fail before any work when --output cannot be written."""
     if path.is_dir():
         raise UsageError(f"--output is a folder, not a file: {path}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create the folder for --output {path}: {exc.strerror or exc}") from None
-    if not os.access(path.parent, os.W_OK):
-        raise UsageError(f"cannot write --output {path}: its folder is not writable")
+    ensure_writable_parent(path)
 
 
 @dataclass
