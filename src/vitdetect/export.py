@@ -153,7 +153,7 @@ def export_hf(model: torch.nn.Module, trained: TrainedModel, temperature: float,
         (folder / CARD_NAME).write_text(card, encoding="utf-8")
 
     atomic_write_dir(output, write)
-    return [note, f"pipeline('image-classification', model='{output}') gives the calibrated P(FAKE)"]
+    return [note, f"load it with transformers.pipeline('image-classification', model='{output}')"]
 
 
 def evaluation_metrics(checkpoint: Path, trained: TrainedModel) -> tuple[dict[str, Any] | None, str]:

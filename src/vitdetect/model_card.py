@@ -16,6 +16,8 @@ PROJECT_TAGS = ["vitdetect", "vit", "image-classification", "ai-generated-image-
 # metrics.json key -> (Hub metric id, shown name); FAKE is the positive class of precision, recall and F1.
 HUB_METRICS = {"accuracy": ("accuracy", "Accuracy"), "roc_auc": ("roc_auc", "ROC AUC"),
                "pr_auc": ("average_precision", "PR AUC (average precision)")}
+TRAIN_MODES = {"head": "the classification head only (backbone frozen)", "full": "all",
+               "last-blocks": "the last {last_blocks} transformer blocks and the head"}
 HUB_FAKE_METRICS = {"precision": "Precision (FAKE)", "recall": "Recall (FAKE)", "f1": "F1 (FAKE)"}
 
 
@@ -160,7 +162,7 @@ def _training_data(settings: dict[str, Any]) -> str:
 [CIFAKE]({KAGGLE_URL}) (Bird & Lotfi, 2024): 60,000 REAL images from CIFAR-10 and 60,000 FAKE images generated
 with Stable Diffusion 1.4 to mirror CIFAR-10's ten classes (aeroplanes, cars, birds, cats, deer, dogs, frogs,
 horses, ships, trucks), all 32x32 JPEGs; 100,000 for training and 20,000 for testing. This model was trained on the
-images of the training split, split {1 - share:.0%} / {share:.0%} into train and validation (stratified, seed
+images of the training split, divided {1 - share:.0%} / {share:.0%} into train and validation sets (stratified, seed
 {settings.get('seed', '?')}); the test split was not used for training or model selection.{subset_text}"""
 
 
@@ -175,7 +177,7 @@ def _recipe(trained: TrainedModel, settings: dict[str, Any]) -> str:
             steps.append("colour jitter")
         augmentation = ", ".join(steps)
     rows = [
-        ("trained parameters", str(settings.get("train_mode", "?"))),
+        ("trained parameters", TRAIN_MODES.get(settings.get("train_mode"), "?").format(**settings)),
         ("epochs", f"best epoch {trained.checkpoint.get('epoch', '?')} of at most {settings.get('epochs', '?')} "
                    f"(early stopping on validation loss, patience {settings.get('patience', '?')})"),
         ("optimizer", f"AdamW, learning rate {settings.get('lr', '?')}, weight decay "
@@ -185,7 +187,7 @@ def _recipe(trained: TrainedModel, settings: dict[str, Any]) -> str:
         ("augmentation", augmentation),
         ("gradient clipping", str(settings.get("grad_clip", "?"))),
     ]
-    rows += [(f"validation {key}", f"{value:.4f}") for key, value in validation.items()
+    rows += [(f"validation {key.replace('f1', 'F1')}", f"{value:.4f}") for key, value in validation.items()
              if isinstance(value, (int, float))]
     return "## Training recipe\n\n" + _table(rows)
 
@@ -227,7 +229,8 @@ def _limitations(metrics: dict[str, Any] | None, side: int, temperature: float) 
 - **One generator, one kind of photo.** The FAKE images all come from Stable Diffusion 1.4 and the REAL ones from
   CIFAR-10. Images from other generators (newer Stable Diffusion versions, Midjourney, DALL-E, GANs, image editing)
   and real images from other sources (phone photos, scans, screenshots, faces, documents, art) are out of
-  distribution: expect far lower accuracy than reported here, in both directions (false alarms and misses).
+  distribution: expect accuracy well below the figures here, possibly no better than chance, with both false
+  alarms and misses.
 - **{side}x{side} pixels.** Larger images are shrunk to {side}x{side} first, which removes most of the fine detail
   that gives generated images away.
 - **Fragile to post-processing.** JPEG re-compression, resizing, filters and screenshots change the pixel
