@@ -65,6 +65,11 @@ def cifake_subset(data_dir: Path, images: int, dest: Path, seed: int = 0) -> Pat
     return dest
 
 
+def spread_sample(paths: list[Path], count: int) -> list[Path]:
+    """count paths evenly spread over the list (both classes of a sorted split), in order."""
+    return [paths[i] for i in np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int)]
+
+
 def save_random_model(preset: str, dest: Path, seed: int = 0) -> Path:
     """A random-init two-class ViT of a vitdetect preset, saved with save_pretrained: both sides load it."""
     import torch

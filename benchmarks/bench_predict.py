@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _common import REAL_CIFAKE, print_ratio, timer
+from _common import REAL_CIFAKE, print_ratio, spread_sample, timer
 from vitdetect.checkpoint import save_pretrained_dir
 from vitdetect.data import list_split
 from vitdetect.distributed import make_accelerator
@@ -40,10 +40,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=PredictSettings.model_fields["batch_size"].default)
     parser.add_argument("--repeats", type=int, default=2)
     return parser.parse_args()
-
-
-def spread_sample(paths: list[Path], count: int) -> list[Path]:
-    return [paths[i] for i in np.linspace(0, len(paths) - 1, min(count, len(paths))).round().astype(int)]
 
 
 def main() -> None:

@@ -34,6 +34,22 @@ def make_dataset(root: Path, per_class: int = 24, splits=("train", "test"), size
     return root
 
 
+def random_checkpoint(path: Path, seed: int = 0, **extra) -> Path:
+    """A random-init micro ViT saved as a vitdetect checkpoint (judging needs weights, not skill), with extra keys
+    (threshold, temperature, ...) in its payload."""
+    import torch
+
+    from vitdetect.checkpoint import model_payload, save_checkpoint
+    from vitdetect.model import load_model
+    from vitdetect.transforms import Preprocessing
+
+    torch.manual_seed(seed)
+    model, (mean, std) = load_model("scratch:vit-micro-32")
+    torch.nn.init.normal_(model.classifier.weight, std=0.5)  # spread P(FAKE) over (0, 1)
+    save_checkpoint(path, {**model_payload(model, {}, Preprocessing(32, 32, mean, std), 1, {}), **extra})
+    return path
+
+
 @pytest.fixture
 def tiny_data(tmp_path: Path) -> Path:
     return make_dataset(tmp_path / "cifake")

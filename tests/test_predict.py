@@ -9,26 +9,18 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_image
-from vitdetect.checkpoint import model_payload, save_checkpoint
+from conftest import make_image, random_checkpoint
+from vitdetect.checkpoint import save_checkpoint
 from vitdetect.cli import main
 from vitdetect.data import load_split
 from vitdetect.images import ImageDecodeError, decode_rgb
 from vitdetect.inference import TrainedModel, fake_probabilities
-from vitdetect.model import load_model
 from vitdetect.predict import Detector, find_images
-from vitdetect.transforms import Preprocessing
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A random-init micro ViT saved as a vitdetect checkpoint: predict needs weights, not skill."""
-    torch.manual_seed(0)
-    model, (mean, std) = load_model("scratch:vit-micro-32")
-    torch.nn.init.normal_(model.classifier.weight, std=0.5)  # spread P(FAKE) over (0, 1)
-    path = tmp_path_factory.mktemp("ckpt") / "best_model.pth"
-    save_checkpoint(path, model_payload(model, {}, Preprocessing(32, 32, mean, std), 1, {}))
-    return path
+    return random_checkpoint(tmp_path_factory.mktemp("ckpt") / "best_model.pth")
 
 
 @pytest.fixture(scope="module")

@@ -159,3 +159,15 @@ def ensure_writable_dir(directory: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise VitdetectError(f"cannot write to output dir {directory}: {exc.strerror or exc}") from None
+
+
+def ensure_writable_parent(path: Path, flag: str = "--output") -> None:
+    """Create path's folder if needed and check it takes files, before any long work writes path there."""
+    from vitdetect.errors import UsageError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the folder for {flag} {path}: {exc.strerror or exc}") from None
+    if not os.access(path.parent, os.W_OK):
+        raise UsageError(f"cannot write {flag} {path}: its folder is not writable")

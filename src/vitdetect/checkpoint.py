@@ -58,6 +58,11 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
 
 def save_pretrained_dir(path: Path, model: torch.nn.Module, prep: Preprocessing) -> None:
     """The model in save_pretrained form with its image processor, for plain `transformers` use."""
+    atomic_write_dir(path, lambda tmp: write_pretrained(tmp, model, prep))
+
+
+def write_pretrained(folder: Path, model: torch.nn.Module, prep: Preprocessing) -> None:
+    """save_pretrained of the model and of a ViTImageProcessor with its size, mean and std into folder."""
     from transformers import ViTImageProcessor
     from transformers.utils import logging as hf_logging
 
@@ -66,13 +71,11 @@ def save_pretrained_dir(path: Path, model: torch.nn.Module, prep: Preprocessing)
         size={"height": prep.image_size, "width": prep.image_size}, image_mean=list(prep.mean),
         image_std=list(prep.std),
     )
-
-    def write(tmp: Path) -> None:
-        with write_failures_as_os_errors():
-            model.save_pretrained(tmp)
-            processor.save_pretrained(tmp)
-
-    atomic_write_dir(path, write)
+    with write_failures_as_os_errors():
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+    for file in folder.iterdir():
+        file.chmod(0o644)  # safetensors writes 0600: a shared or published folder must be readable
 
 
 def load_checkpoint(path: Path, kind: str | None = None) -> dict[str, Any]:

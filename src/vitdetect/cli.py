@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from typer.core import TyperGroup
 
@@ -25,10 +26,13 @@ except ImportError:
     from click.exceptions import ClickException, NoArgsIsHelpError
 from vitdetect.errors import Terminated, UsageError, VitdetectError
 from vitdetect.settings import (
+    Backend,
     CalibrateSettings,
     DownloadSettings,
     EvaluateSettings,
     ExplainMethod,
+    ExportFormat,
+    ExportSettings,
     FigureFormat,
     MixedPrecision,
     OutputFormat,
@@ -107,7 +111,8 @@ def described(settings: type, name: str, *flags: str, **kwargs: Any) -> Any:
     shown = (",".join(default) or "none") if isinstance(default, tuple) else getattr(default, "value", default)
     if info.annotation is bool:
         kwargs.setdefault("metavar", "")  # a flag takes no value: no <bool> in --help
-    return typer.Option(None, *flags, help=f"{info.description} (default: {shown})", show_default=False, **kwargs)
+    text = escape(f"{info.description} (default: {shown})")  # help is rich markup: keep [onnx] as typed
+    return typer.Option(None, *flags, help=text, show_default=False, **kwargs)
 
 
 def version_callback(value: bool) -> None:
@@ -196,6 +201,7 @@ def predict(
     paths: list[str] = typer.Argument(None, show_default=False,
                                       help="Image files, folders and glob patterns (quoted: 'shots/*.png')."),
     checkpoint: Path = described(PredictSettings, "checkpoint", "--checkpoint"),
+    backend: Backend = described(PredictSettings, "backend", "--backend"),
     threshold: float = described(PredictSettings, "threshold", "--threshold"),
     format: OutputFormat = described(PredictSettings, "format", "--format"),
     output: Path = described(PredictSettings, "output", "--output", "-o"),
@@ -304,6 +310,28 @@ def plot(
         typer.echo(f"note: {note}", err=True)
     for path in result.written:
         stdout.print(f"wrote {path}")
+
+
+@app.command()
+@user_errors
+def export(
+    checkpoint: Path = described(ExportSettings, "checkpoint", "--checkpoint"),
+    format: ExportFormat = described(ExportSettings, "format", "--format"),
+    output: Path = typer.Option(..., "--output", "-o", show_default=False,
+                                help=ExportSettings.model_fields["output"].description),
+    overwrite: bool = described(ExportSettings, "overwrite", "--overwrite/--no-overwrite"),
+) -> None:
+    """Export a checkpoint: ONNX (for ONNX Runtime and friends) or a Hugging Face folder with a model card."""
+    settings = build_settings(ExportSettings, None, **locals())
+    from vitdetect.export import export as run_export
+
+    result = run_export(settings)
+    folded = "no calibration temperature" if result.temperature == 1.0 else \
+        f"temperature {result.temperature:.4g} folded into the classifier"
+    typer.echo(f"exported {settings.checkpoint} -> {result.output} ({result.format}, "
+               f"{result.size_bytes / 2**20:,.1f} MB; {folded})")
+    for note in result.notes:
+        typer.echo(note)
 
 
 def print_evaluation_summary(result) -> None:

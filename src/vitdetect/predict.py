@@ -1,11 +1,12 @@
 """Judging new images: `Detector`, the Python API that `vitdetect predict` is built on.
 
-    detector = Detector.from_checkpoint("results/best_model.pth")
+    detector = Detector.from_checkpoint("results/best_model.pth")   # or Detector.from_onnx("model.onnx")
     for result in detector.predict(["photo.jpg", "render.png"]):
         print(result.path, result.label, result.p_fake)
 
 Images go through the one decoder (`images.decode_rgb`) and the scoring `evaluate` uses
-(`inference.fake_probabilities`), so an image gets the same P(FAKE) here as in predictions.csv.
+(`inference.fake_probabilities`), so an image gets the same P(FAKE) here as in predictions.csv. An
+exported ONNX file runs in ONNX Runtime after the same decoder and `transforms.to_model_input`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from PIL import Image
 from rich.table import Table
 from rich.text import Text
 
-from vitdetect.atomic import atomic_write_text
+from vitdetect.atomic import atomic_write_text, ensure_writable_parent
 from vitdetect.builtin import BUILTIN, announcement, is_builtin, resolve_checkpoint
 from vitdetect.data import decode_images
 from vitdetect.distributed import make_accelerator
@@ -36,9 +37,10 @@ from vitdetect.images import IMAGE_EXTENSIONS, is_image_path, open_image
 from vitdetect.inference import TrainedModel, fake_probabilities
 from vitdetect.labels import ID2LABEL, POSITIVE_CLASS
 from vitdetect.metrics import classify
+from vitdetect.onnx_backend import OnnxModel
 from vitdetect.overlays import Explained, write_explanations
 from vitdetect.progress import Reporter
-from vitdetect.settings import EvaluateSettings, OutputFormat, PredictSettings
+from vitdetect.settings import Backend, EvaluateSettings, OutputFormat, PredictSettings
 
 ImageSource = str | Path | bytes | Image.Image
 FIELDS = ("path", "label", "p_fake", "confidence", "error", "note")
@@ -65,11 +67,11 @@ class Prediction:
 
 
 class Detector:
-    """A trained checkpoint ready to judge images: paths, raw bytes or PIL images."""
+    """A trained checkpoint (or an exported ONNX file) ready to judge images: paths, raw bytes or PIL images."""
 
     def __init__(
         self,
-        trained: TrainedModel,
+        trained: TrainedModel | OnnxModel,
         threshold: float | None = None,
         batch_size: int = PredictSettings.model_fields["batch_size"].default,
         accelerator=None,
@@ -90,6 +92,11 @@ class Detector:
         if not path.exists():
             raise UsageError(f"checkpoint not found: {path} (train one with `vitdetect train`)")
         return cls(TrainedModel.load(path), **options)
+
+    @classmethod
+    def from_onnx(cls, path: str | Path, cpu: bool = False, **options) -> Detector:
+        """Load a file written by `vitdetect export --format onnx` into ONNX Runtime; options as for Detector()."""
+        return cls(OnnxModel.load(path, cpu=cpu), **options)
 
     def predict(self, images: Iterable[ImageSource]) -> list[Prediction]:
         """One Prediction per image, in order; images that cannot be decoded get an error instead.
@@ -135,11 +142,16 @@ class Detector:
 
     def _judge(self, names: list[str], images: torch.Tensor, kept: list[int], reasons: list[str],
                notes: list[str | None]):
-        scores = fake_probabilities(self.trained, images, self.batch_size, self.accelerator) if kept else []
+        scores = self._probabilities(images) if kept else []
         judged = dict(zip(kept, zip(scores, classify(scores, self.threshold), notes, strict=True), strict=True))
         failed = iter(reasons)  # failures come in input order, like kept
         return [_verdict(name, *judged[index]) if index in judged else Prediction(name, error=next(failed))
                 for index, name in enumerate(names)]
+
+    def _probabilities(self, images: torch.Tensor) -> np.ndarray:
+        if isinstance(self.trained, OnnxModel):
+            return self.trained.fake_probabilities(images, self.batch_size)
+        return fake_probabilities(self.trained, images, self.batch_size, self.accelerator)
 
 
 def _verdict(path: str, p_fake: float, fake: int, note: str | None) -> Prediction:
@@ -268,12 +280,7 @@ def check_output(path: Path) -> None:
     """Fail before any work when --output cannot be written."""
     if path.is_dir():
         raise UsageError(f"--output is a folder, not a file: {path}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create the folder for --output {path}: {exc.strerror or exc}") from None
-    if not os.access(path.parent, os.W_OK):
-        raise UsageError(f"cannot write --output {path}: its folder is not writable")
+    ensure_writable_parent(path)
 
 
 @dataclass
@@ -300,12 +307,17 @@ def run(settings: PredictSettings, patterns: Sequence[str], reporter: Reporter |
         examples = ", ".join(path.name for path in found.ignored[:3])
         reporter.info(f"ignored {len(found.ignored)} file(s) without an image extension ({examples}"
                       f"{', ...' if len(found.ignored) > 3 else ''})")
+    options = dict(threshold=settings.threshold, batch_size=settings.batch_size, accelerator=accelerator,
+                   reporter=reporter)
     checkpoint = settings.checkpoint or default_checkpoint()
-    if is_builtin(checkpoint) and settings.checkpoint is None:
-        reporter.info(announcement())
-    detector = Detector.from_checkpoint(checkpoint, threshold=settings.threshold,
-                                        batch_size=settings.batch_size, accelerator=accelerator,
-                                        reporter=reporter)
+    if settings.backend == Backend.onnx:
+        detector = Detector.from_onnx(checkpoint, cpu=settings.cpu, **options)
+    elif Path(checkpoint).suffix.lower() == ".onnx":
+        raise UsageError(f"{checkpoint} is an ONNX file: add --backend onnx to run it with ONNX Runtime")
+    else:
+        if is_builtin(checkpoint) and settings.checkpoint is None:
+            reporter.info(announcement())
+        detector = Detector.from_checkpoint(checkpoint, **options)
     results = detector.predict(found.paths)
     if settings.explain and accelerator.is_main_process:
         written = write_explanations(detector, found.paths, settings.explain, settings.explain_method)

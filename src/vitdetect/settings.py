@@ -295,12 +295,22 @@ class OutputFormat(str, Enum):
     csv = "csv"
 
 
+class Backend(str, Enum):
+    torch = "torch"
+    onnx = "onnx"
+
+
 class PredictSettings(_Settings):
     """`vitdetect predict`: judge image files, folders and glob patterns with a checkpoint."""
 
     checkpoint: Path | None = Field(
-        None, description="Checkpoint written by `vitdetect train`, or `builtin`; unset: results/best_model.pth "
-        "when it exists, else the built-in detector.",
+        None, description="Checkpoint written by `vitdetect train`, or `builtin` (with --backend onnx: a file "
+        "written by `vitdetect export --format onnx`); unset: results/best_model.pth when it exists, else the "
+        "built-in detector.",
+    )
+    backend: Backend = Field(
+        Backend.torch, description="torch: run the checkpoint with PyTorch; onnx: run an exported .onnx file "
+        "with ONNX Runtime (pip install 'vitdetect[onnx]'), one process.",
     )
     threshold: float | None = Field(
         None, ge=0, le=1, description="FAKE when P(FAKE) >= this; unset: the checkpoint's, else 0.5."
@@ -340,6 +350,26 @@ class CalibrateSettings(_Settings):
     cpu: bool = Field(False, description="Run on the CPU even when a GPU is available.")
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Decoded-image cache.")
     quiet: bool = Field(False, description="Print only errors and the final summary.")
+
+
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    hf = "hf"
+
+
+class ExportSettings(_Settings):
+    """`vitdetect export`: a checkpoint as an ONNX file or a Hugging Face model folder with a model card."""
+
+    checkpoint: Path = Field(
+        EvaluateSettings.model_fields["checkpoint"].default,
+        description="Checkpoint written by `vitdetect train` (or `builtin`).",
+    )
+    format: ExportFormat = Field(
+        ExportFormat.onnx, description="onnx: one .onnx file (pip install 'vitdetect[onnx]'); hf: a "
+        "save_pretrained folder with its image processor and a model card README.md.",
+    )
+    output: Path = Field(description="The .onnx file, or the folder for --format hf.")
+    overwrite: bool = Field(False, description="Replace --output when it already exists.")
 
 
 class Source(str, Enum):
