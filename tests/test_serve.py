@@ -1,30 +1,24 @@
 """`vitdetect serve`'s API through FastAPI's TestClient: same P(FAKE) as Detector.predict, limits and bad input
-answered as clean JSON errors (never a 500 with a traceback), nothing written to disk, the batching queue."""
+answered as clean JSON errors (never a 500 with a traceback), nothing written to disk; the CLI's one-line errors."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import os
 import sys
-import threading
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import make_image, run_main, user_error
+from conftest import run_main, user_error
 
 pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[serve]'")
-from fastapi.testclient import TestClient  # noqa: E402
-
+from serve_support import multipart, serving, upload_images  # noqa: E402
 from vitdetect.checkpoint import save_checkpoint  # noqa: E402
 from vitdetect.predict import Detector  # noqa: E402
-from vitdetect.serve.app import create_app  # noqa: E402
-from vitdetect.serve.batching import BatchingQueue  # noqa: E402
-from vitdetect.settings import ServeSettings  # noqa: E402
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | getattr(os, "O_TMPFILE", 0)
 opened: list[tuple[str, object]] | None = None  # while a test records: every file opened in this process
@@ -51,15 +45,7 @@ def checkpoint(evaluated_run):
 
 @pytest.fixture(scope="module")
 def images(evaluated_run):
-    """name -> bytes: CIFAKE-like JPEGs of both classes from the run's test split, a PNG and a large WebP."""
-    test = evaluated_run.parent / "cifake" / "test"
-    files = {f"{label}-{path.name}": path.read_bytes()
-             for label in ("REAL", "FAKE") for path in sorted((test / label).iterdir())[:3]}
-    for name, fmt, size in (("render.png", "PNG", 32), ("big.webp", "WEBP", 300)):
-        buffer = io.BytesIO()
-        make_image(1, np.random.default_rng(len(name)), size).save(buffer, format=fmt)
-        files[name] = buffer.getvalue()
-    return files
+    return upload_images(evaluated_run)
 
 
 @pytest.fixture(scope="module")
@@ -67,20 +53,10 @@ def detector(checkpoint):
     return Detector.from_checkpoint(checkpoint)
 
 
-def serving(detector, checkpoint, **settings) -> TestClient:
-    settings = {"max_files": 8, "max_upload_mb": 1, "max_wait_ms": 1, **settings}
-    return TestClient(create_app(detector, ServeSettings(checkpoint=checkpoint, **settings)),
-                      raise_server_exceptions=False)
-
-
 @pytest.fixture(scope="module")
 def client(detector, checkpoint):
     with serving(detector, checkpoint) as client:
         yield client
-
-
-def multipart(files: dict[str, bytes], field: str = "files"):
-    return [(field, (name, data, "application/octet-stream")) for name, data in files.items()]
 
 
 def assert_json_error(response, status: int, *fragments: str) -> dict:
@@ -283,80 +259,6 @@ def test_an_unexpected_failure_is_a_json_500_without_traceback(checkpoint, image
     with serving(broken, checkpoint) as client:
         assert_json_error(client.post("/v1/predict", files=multipart(images)), 500, "internal server error")
         assert client.get("/healthz").status_code == 200  # the batching worker survived
-
-
-def test_the_model_runs_off_the_event_loop(checkpoint, images):
-    """While one request's batch is in the model, other requests (here a health probe) are answered."""
-    detector = Detector.from_checkpoint(checkpoint)
-    started, release = threading.Event(), threading.Event()
-    original = detector.predict
-
-    def slow_predict(sources):
-        started.set()
-        assert release.wait(30)
-        return original(sources)
-
-    detector.predict = slow_predict
-    with serving(detector, checkpoint) as client:
-        answers = []
-        request = threading.Thread(target=lambda: answers.append(client.post("/v1/predict", files=multipart(images))))
-        request.start()
-        assert started.wait(30)
-        assert client.get("/healthz").status_code == 200 and not answers  # answered while the model is busy
-        release.set()
-        request.join(30)
-    assert answers[0].status_code == 200
-
-
-def test_requests_arriving_together_are_scored_together(checkpoint, images):
-    detector = Detector.from_checkpoint(checkpoint)
-    batches = []
-    original = detector.predict
-    detector.predict = lambda sources: batches.append(len(sources)) or original(sources)
-    expected = {name: want.p_fake for name, want in zip(images, original(list(images.values())), strict=True)}
-    with serving(detector, checkpoint, max_wait_ms=1500, max_batch=64) as client:
-        answers = {}
-
-        def send(name):
-            answers[name] = client.post("/v1/predict", files=multipart({name: images[name]}))
-
-        threads = [threading.Thread(target=send, args=(name,)) for name in images]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-    assert sum(batches) == len(images) and len(batches) < len(images), batches
-    for name, response in answers.items():
-        assert response.json()["results"][0]["p_fake"] == pytest.approx(expected[name], abs=1e-6)
-
-
-def test_batching_queue_combines_splits_and_reports_failures():
-    async def scenario():
-        calls = []
-
-        def score(items):
-            calls.append(list(items))
-            if "boom" in items:
-                raise ValueError("boom")
-            return [item * 2 for item in items]
-
-        queue = BatchingQueue(score, max_batch=5, max_wait_s=0.2)
-        queue.start()
-        try:
-            together = await asyncio.gather(queue.submit([1, 2]), queue.submit([3]), queue.submit([4, 5, 6]),
-                                            queue.submit([7]))
-            alone = await queue.submit(list(range(9)))  # larger than max_batch: scored alone, not split
-            with pytest.raises(ValueError, match="boom"):
-                await queue.submit(["boom"])
-            after = await queue.submit([10])
-        finally:
-            await queue.stop()
-        return calls, together, alone, after
-
-    calls, together, alone, after = asyncio.run(scenario())
-    assert together == [[2, 4], [6], [8, 10, 12], [14]]
-    assert calls[:2] == [[1, 2, 3], [4, 5, 6, 7]]  # the third request did not fit: it opened the next batch
-    assert alone == [2 * i for i in range(9)] and calls[2] == list(range(9)) and after == [20]
 
 
 def test_cli_missing_extra_busy_port_and_bad_flags_are_one_line(capsys, checkpoint, monkeypatch):

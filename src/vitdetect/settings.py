@@ -197,13 +197,8 @@ class PredictSettings(_Settings):
 class ServeSettings(_Settings):
     """`vitdetect serve`: the HTTP API and web page for judging images with a checkpoint."""
 
-    checkpoint: Path = Field(
-        PredictSettings.model_fields["checkpoint"].default,
-        description="Checkpoint written by `vitdetect train`.",
-    )
-    threshold: float | None = Field(
-        None, ge=0, le=1, description="FAKE when P(FAKE) >= this; unset: the checkpoint's, else 0.5."
-    )
+    checkpoint: Path = PredictSettings.model_fields["checkpoint"]
+    threshold: float | None = PredictSettings.model_fields["threshold"]
     host: str = Field("127.0.0.1", min_length=1,
                       description="Address to listen on; 0.0.0.0 makes the server reachable from other machines.")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (0: any free port, printed).")
@@ -214,7 +209,7 @@ class ServeSettings(_Settings):
     max_upload_mb: float = Field(20.0, gt=0, le=4096,
                                  description="Largest request body accepted, in MB (larger: HTTP 413).")
     max_files: int = Field(64, ge=1, le=10_000, description="Most images in one request (more: HTTP 413).")
-    cpu: bool = Field(False, description="Run on the CPU even when a GPU is available.")
+    cpu: bool = PredictSettings.model_fields["cpu"]
     quiet: bool = Field(False, description="No access log: only warnings and errors from the server.")
 
 
