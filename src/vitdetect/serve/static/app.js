@@ -3,6 +3,7 @@
 "use strict";
 
 const state = { limits: { max_files: 16, max_upload_mb: 20 }, threshold: 0.5 };
+const UNCERTAIN = 0.1;  // a P(FAKE) this close to the threshold is flagged as a weak verdict
 const byId = (id) => document.getElementById(id);
 
 function element(tag, className, text) {
@@ -88,6 +89,9 @@ function showResult(card, result) {
   const numbers = element("p", "score");
   numbers.append(element("strong", "p-fake", `P(FAKE) = ${result.p_fake.toFixed(3)}`),
     ` · ${(result.confidence * 100).toFixed(1)}% sure it is ${fake ? "AI-generated" : "real"}`);
+  if (Math.abs(result.p_fake - state.threshold) < UNCERTAIN) {
+    numbers.append(element("span", "uncertain", " · uncertain: close to the threshold"));
+  }
   card.querySelector(".text").append(meter, numbers);
   if (result.heatmap_png) {
     const heatmap = element("img", "heatmap");
