@@ -6,6 +6,7 @@ Folder names are matched case-insensitively (`real/`, `Fake/` work too).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -111,6 +112,16 @@ def _decode_one(path: Path, size: int) -> np.ndarray | str:
         return str(exc)
 
 
+@functools.cache
+def _decode_pool() -> ThreadPoolExecutor:
+    """One pool of decoding threads for the process: starting 8 threads on every call cost small calls (a
+    server's batches of a few dozen images) more than the decoding itself."""
+    return ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2), thread_name_prefix="vitdetect-decode")
+
+
+os.register_at_fork(after_in_child=_decode_pool.cache_clear)  # a forked child has none of the parent's threads
+
+
 def decode_images(
     paths: list[Path], size: int, on_progress: Callable[[int], None] | None = None
 ) -> tuple[torch.Tensor, list[int], list[tuple[str, str]]]:
@@ -118,16 +129,14 @@ def decode_images(
     images = np.empty((len(paths), size, size, 3), dtype=np.uint8)
     kept: list[int] = []
     failures: list[tuple[str, str]] = []
-    workers = min(8, (os.cpu_count() or 1) * 2)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for index, result in enumerate(pool.map(lambda p: _decode_one(p, size), paths, chunksize=64)):
-            if isinstance(result, str):
-                failures.append((str(paths[index]), result))
-            else:
-                images[len(kept)] = result
-                kept.append(index)
-            if on_progress is not None:
-                on_progress(1)
+    for index, result in enumerate(_decode_pool().map(lambda p: _decode_one(p, size), paths, chunksize=64)):
+        if isinstance(result, str):
+            failures.append((str(paths[index]), result))
+        else:
+            images[len(kept)] = result
+            kept.append(index)
+        if on_progress is not None:
+            on_progress(1)
     tensor = torch.from_numpy(images[: len(kept)]).permute(0, 3, 1, 2).contiguous()
     return tensor, kept, failures
 

@@ -84,6 +84,9 @@ class Detector:
         self.accelerator = accelerator or make_accelerator()
         self.reporter = reporter or Reporter(quiet=True)
         self.chunk_size = max(1, chunk_size // batch_size) * batch_size  # whole batches per chunk
+        # Decodes the next chunk while one is scored; kept for the Detector's life, as a thread started per
+        # call cost a server's small calls more than their decoding.
+        self.prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitdetect-prefetch")
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **options) -> Detector:
@@ -108,12 +111,12 @@ class Detector:
         chunks = [slice(start, start + self.chunk_size) for start in range(0, len(sources), self.chunk_size)]
         reporter = self.reporter if len(sources) > self.reporter.console.height else Reporter(quiet=True)
         results: list[Prediction] = []
-        with reporter.task("judging", len(sources)) as bar, ThreadPoolExecutor(max_workers=1) as prefetch:
-            pending = prefetch.submit(self._decode, sources[chunks[0]]) if chunks else None
+        with reporter.task("judging", len(sources)) as bar:
+            pending = self.prefetch.submit(self._decode, sources[chunks[0]]) if chunks else None
             for number, chunk in enumerate(chunks):
                 decoded = pending.result()
                 if number + 1 < len(chunks):
-                    pending = prefetch.submit(self._decode, sources[chunks[number + 1]])
+                    pending = self.prefetch.submit(self._decode, sources[chunks[number + 1]])
                 results.extend(self._judge(names[chunk], *decoded))
                 bar.advance(len(names[chunk]))
         return results

@@ -372,6 +372,25 @@ class ExportSettings(_Settings):
     overwrite: bool = Field(False, description="Replace --output when it already exists.")
 
 
+class ServeSettings(_Settings):
+    """`vitdetect serve`: the HTTP API and web page for judging images with a checkpoint."""
+
+    checkpoint: Path = PredictSettings.model_fields["checkpoint"]
+    threshold: float | None = PredictSettings.model_fields["threshold"]
+    host: str = Field("127.0.0.1", min_length=1,
+                      description="Address to listen on; 0.0.0.0 makes the server reachable from other machines.")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on (0: any free port, printed).")
+    max_batch: int = Field(64, ge=1, le=4096,
+                           description="Images scored together: requests arriving together share a batch.")
+    max_wait_ms: float = Field(5.0, ge=0, le=10_000,
+                               description="How long a batch waits for more requests before it is scored.")
+    max_upload_mb: float = Field(20.0, gt=0, le=4096,
+                                 description="Largest request body accepted, in MB (larger: HTTP 413).")
+    max_files: int = Field(64, ge=1, le=10_000, description="Most images in one request (more: HTTP 413).")
+    cpu: bool = PredictSettings.model_fields["cpu"]
+    quiet: bool = Field(False, description="No access log: only warnings and errors from the server.")
+
+
 class Source(str, Enum):
     kaggle = "kaggle"
     huggingface = "huggingface"
