@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from _common import REAL_CIFAKE, machine_accelerator
 
+from _common import REAL_CIFAKE, machine_accelerator
 from vitdetect.data import load_split, stratified_split
 from vitdetect.evaluate import evaluate
 from vitdetect.settings import EvaluateSettings, TrainSettings

@@ -176,7 +176,7 @@ def _with(**changes):
 
 def _other_architecture(good, path):
     payload = load_checkpoint(good)
-    torch.save({**payload, "model_config": {**payload["model_config"], **PRESETS["vit-tiny-32"]}}, path)
+    torch.save({**payload, "model_config": {**payload["model_config"], **PRESETS["vit-tiny-32"].architecture}}, path)
 
 
 def _without(key):

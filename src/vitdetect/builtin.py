@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vitdetect.errors import VitdetectError
+from vitdetect.errors import UsageError, VitdetectError
 
 BUILTIN = "builtin"
 WEIGHTS_NAME = "detector.pth"
@@ -51,3 +51,15 @@ def announcement() -> str:
     test = card["metrics"]["official_test"]
     return (f"using the built-in detector ({card['model']}, {card['parameters']:,} parameters, official CIFAKE "
             f"test accuracy {test['accuracy']:.4f}); train your own with `vitdetect train` or pass --checkpoint")
+
+
+def results_dir_for(checkpoint: str | Path) -> Path:
+    """Where evaluate writes by default: the checkpoint's folder, or results/builtin for the built-in detector."""
+    return Path("results") / BUILTIN if is_builtin(checkpoint) else Path(checkpoint).parent
+
+
+def refuse_builtin(checkpoint: str | Path, action: str) -> None:
+    """The packaged detector is read-only: a command that would rewrite it stops with one line."""
+    if is_builtin(checkpoint):
+        raise UsageError(f"cannot {action} the built-in detector: it ships read-only with vitdetect; train your "
+                         "own checkpoint (vitdetect train) or export the built-in one first")

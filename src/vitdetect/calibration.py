@@ -19,11 +19,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vitdetect.builtin import refuse_builtin
 from vitdetect.checkpoint import BEST_NAME, PRETRAINED_DIR_NAME, save_checkpoint, save_pretrained_dir
 from vitdetect.data import ImageSet, load_split_reported
 from vitdetect.distributed import make_accelerator
 from vitdetect.errors import VitdetectError
 from vitdetect.inference import TrainedModel, model_logits
+from vitdetect.locking import output_lock
 from vitdetect.progress import Reporter
 
 TEMPERATURE_KEY = "temperature"
@@ -186,11 +188,14 @@ def after_training(output_dir: Path, validation: ImageSet, settings, accelerator
 
 def calibrate(settings, reporter: Reporter | None = None) -> Recalibration:
     """`vitdetect calibrate`: refit the checkpoint's temperature on DATA_DIR/SPLIT."""
+    refuse_builtin(settings.checkpoint, "recalibrate")
     accelerator = make_accelerator(settings.cpu)
     reporter = reporter or Reporter(settings.quiet, enabled=accelerator.is_main_process)
-    trained = TrainedModel.load(settings.checkpoint)
-    with accelerator.local_main_process_first():  # one decoder per machine; the others read its cache
-        images = load_split_reported(settings.data_dir, settings.split, trained.prep.storage_size,
-                                     settings.cache_dir, settings.checkpoint.parent, reporter)
-    source = {"split": settings.split, "data_dir": str(settings.data_dir)}
-    return recalibrate(settings.checkpoint, images, source, settings.batch_size, accelerator, reporter, trained)
+    TrainedModel.load(settings.checkpoint)  # a bad checkpoint fails before the folder is locked
+    with output_lock(settings.checkpoint.parent, accelerator):  # rewritten: nobody else may write it meanwhile
+        trained = TrainedModel.load(settings.checkpoint)
+        with accelerator.local_main_process_first():  # one decoder per machine; the others read its cache
+            images = load_split_reported(settings.data_dir, settings.split, trained.prep.storage_size,
+                                         settings.cache_dir, settings.checkpoint.parent, reporter)
+        source = {"split": settings.split, "data_dir": str(settings.data_dir)}
+        return recalibrate(settings.checkpoint, images, source, settings.batch_size, accelerator, reporter, trained)

@@ -109,7 +109,10 @@ def described(settings: type, name: str, *flags: str, **kwargs: Any) -> Any:
     """A typer Option whose help and shown default come from the settings model: one place for both."""
     info = settings.model_fields[name]
     default = info.default if info.default_factory is None else info.default_factory()
-    shown = (",".join(default) or "none") if isinstance(default, tuple) else getattr(default, "value", default)
+    if isinstance(default, tuple):
+        shown = ",".join(map(str, default)) or "none"
+    else:
+        shown = getattr(default, "value", default)
     if info.annotation is bool:
         kwargs.setdefault("metavar", "")  # a flag takes no value: no <bool> in --help
     text = escape(f"{info.description} (default: {shown})")  # help is rich markup: keep [onnx] as typed

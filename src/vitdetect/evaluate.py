@@ -17,6 +17,7 @@ import numpy as np
 
 from vitdetect import tracking
 from vitdetect.atomic import atomic_write_text
+from vitdetect.builtin import refuse_builtin, results_dir_for
 from vitdetect.calibration import FIT_KEY
 from vitdetect.checkpoint import save_checkpoint
 from vitdetect.data import ImageSet, load_split_reported
@@ -54,7 +55,9 @@ def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> Ev
     """Evaluate, holding the output folder's lock (and the checkpoint's, when its threshold is rewritten)."""
     started = time.perf_counter()
     suite = resolve_suite(settings.perturbations) if settings.robustness else []  # a bad name fails at once
-    output_dir = settings.output_dir or settings.checkpoint.parent
+    if settings.set_threshold_at_fpr is not None:
+        refuse_builtin(settings.checkpoint, "store a threshold in")
+    output_dir = settings.output_dir or results_dir_for(settings.checkpoint)
     settings = tracking.with_run_name(settings, output_dir, settings.split)
     accelerator = make_accelerator(settings.cpu, **tracking.accelerator_options(settings, output_dir))
     trained = TrainedModel.load(settings.checkpoint)  # a bad checkpoint fails before any folder is touched

@@ -7,7 +7,7 @@ from typing import Any
 
 from vitdetect import __version__
 from vitdetect.inference import TrainedModel
-from vitdetect.settings import SCRATCH_PREFIX
+from vitdetect.presets import SCRATCH_PREFIX
 
 HF_DATASET = "dragonintelligence/CIFAKE-image-dataset"  # the Hub mirror `vitdetect download` knows
 KAGGLE_URL = "https://www.kaggle.com/datasets/birdy654/cifake-real-and-ai-generated-synthetic-images"

@@ -375,7 +375,7 @@ class ExportSettings(_Settings):
 class ServeSettings(_Settings):
     """`vitdetect serve`: the HTTP API and web page for judging images with a checkpoint."""
 
-    checkpoint: Path = PredictSettings.model_fields["checkpoint"]
+    checkpoint: Path | None = PredictSettings.model_fields["checkpoint"]
     threshold: float | None = PredictSettings.model_fields["threshold"]
     host: str = Field("127.0.0.1", min_length=1,
                       description="Address to listen on; 0.0.0.0 makes the server reachable from other machines.")
