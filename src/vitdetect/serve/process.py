@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -31,7 +33,8 @@ def server_process(args: Sequence[str], log_path: Path, env: dict[str, str] | No
     Everything the server prints goes to log_path; it is stopped with SIGTERM on the way out.
     """
     process = subprocess.Popen([sys.executable, "-m", "vitdetect", "serve", *args, "--port", "0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+                               preexec_fn=_stop_with_parent if sys.platform == "linux" else None)
     announced: queue.Queue[str] = queue.Queue()
     copier = threading.Thread(target=_copy_output, args=(process, Path(log_path), announced), daemon=True)
     copier.start()
@@ -45,6 +48,15 @@ def server_process(args: Sequence[str], log_path: Path, env: dict[str, str] | No
             process.kill()
             process.wait()
         copier.join(timeout=10)
+
+
+def _stop_with_parent() -> None:
+    """Linux: the server gets SIGTERM when the process that started it dies, even killed by a signal that skips
+    the clean-up above (a timed-out test or benchmark), so no server is left behind."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _copy_output(process: subprocess.Popen, log_path: Path, announced: queue.Queue) -> None:
