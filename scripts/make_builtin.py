@@ -39,7 +39,7 @@ def official_test_sample(labels: torch.Tensor) -> np.ndarray:
 def packaged(payload: dict) -> dict:
     """The checkpoint without training state, its floating-point weights stored as fp16."""
     keep = ("format", "format_version", "kind", "settings", "preprocessing", "model_config", "id2label", "epoch",
-            "metrics", "threshold", "threshold_source", "temperature", "calibration")
+            "metrics", "threshold", "threshold_source", "temperature", "temperature_fit")
     slim = {key: payload[key] for key in keep if key in payload}
     slim["kind"] = "best"
     slim["state_dict"] = {name: tensor.half() if tensor.is_floating_point() else tensor
@@ -70,9 +70,11 @@ def main() -> None:
         "command": args.command,
         "epoch": trained.checkpoint.get("epoch"),
         "threshold": trained.threshold,
+        "temperature": trained.temperature,
         "weights": "fp16",
         "metrics": {
-            "official_test": {key: full[key] for key in ("accuracy", "roc_auc", "pr_auc", "ece", "n_images")},
+            "official_test": {key: full[key] for key in ("accuracy", "roc_auc", "pr_auc", "log_loss", "ece",
+                                                         "n_images")},
             "official_test_sample": {"size": SAMPLE_SIZE, "seed": SAMPLE_SEED, "accuracy": sample_metrics["accuracy"],
                                      "correct": int(round(sample_metrics["accuracy"] * len(sample)))},
         },
