@@ -192,7 +192,7 @@ def test_a_run_interrupted_mid_epoch_and_resumed_continues_the_same_run(train_ar
 
     # A new training under a taken name is a new run: TensorBoard hides the old events, MLflow adds a run.
     assert run_main(capsys, *train_args, "--epochs", "1", "--report-to", "tensorboard,mlflow", "--run-name",
-                    "cut")[0] == 0
+                    "cut", "--overwrite")[0] == 0
     [new_row] = read_rows(results / "history.csv")
     events, sessions = tensorboard_run(results / "cut")
     assert series(events, "val/loss") == [(STEPS_PER_EPOCH, np.float32(new_row["val_loss"]))]
