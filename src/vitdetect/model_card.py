@@ -218,8 +218,8 @@ def _evaluation(metrics: dict[str, Any] | None) -> str:
 def _limitations(metrics: dict[str, Any] | None, side: int, temperature: float) -> str:
     errors = ""
     calibration = ("The scores were calibrated (temperature scaling) on CIFAKE-like images; that calibration does not "
-                   "carry over to other data." if temperature != 1.0 else "The scores were not calibrated: read "
-                   "them as rankings more than as probabilities.")
+                   "carry over to other data." if temperature != 1.0 else "No calibration temperature was fitted; "
+                   "on data unlike CIFAKE the scores are not reliable probabilities.")
     if metrics:
         (real_real, real_fake), (fake_real, fake_fake) = metrics["confusion_matrix"]
         errors = (f" Even on CIFAKE's own test images it called {real_fake / max(real_real + real_fake, 1):.1%} of "
