@@ -129,6 +129,8 @@ class Detector:
     def explained(self, images: Iterable[ImageSource], method: str = "rollout") -> list[Explained | None]:
         """Each image as the model sees it, with its verdict and heatmap; None where it cannot be decoded.
         Runs in this process alone (no gathering), so the main process of a distributed run may call it."""
+        if isinstance(self.trained, OnnxModel):
+            raise UsageError("explanations need the PyTorch checkpoint: an ONNX file has no attention to read")
         sources = list(images)
         names = [_name(source, index) for index, source in enumerate(sources)]
         decoded, kept, _, _ = self._decode(sources)
