@@ -20,6 +20,7 @@ from vitdetect.predict import Detector  # noqa: E402
 from vitdetect.serve.process import server_process  # noqa: E402
 
 pytestmark = pytest.mark.slow
+BROWSER_TIMEOUT_MS = 120_000  # a busy shared machine answers in seconds, not Playwright's default 5
 
 
 def chromium_path() -> str | None:
@@ -70,9 +71,11 @@ def test_the_web_page_in_a_real_browser(checkpoint, cifake_image, tmp_path):
         base = server.url
         browser = playwright.chromium.launch(executable_path=chromium)
         page = browser.new_page(viewport={"width": 820, "height": 640})
+        page.set_default_timeout(BROWSER_TIMEOUT_MS)
         page.on("request", lambda request: requested.append(request.url))
         page.goto(base)
-        expect(page.locator("#model")).to_contain_text("Model: scratch:vit-micro-32")  # from GET /v1/model
+        expect(page.locator("#model")).to_contain_text("Model: scratch:vit-micro-32",  # from GET /v1/model
+                                                       timeout=BROWSER_TIMEOUT_MS)
 
         page.set_input_files("#picker", str(cifake_image))  # "choose images"
         card = page.wait_for_selector(".result:not(.pending)")
@@ -88,7 +91,7 @@ def test_the_web_page_in_a_real_browser(checkpoint, cifake_image, tmp_path):
             transfer.items.add(new File([new Uint8Array(bytes)], "broken.jpg", {type: "image/jpeg"}));
             return transfer; }""", list(b"\xff\xd8 not really a JPEG"))
         page.dispatch_event("#drop", "drop", {"dataTransfer": dropped})  # "drop images here"
-        expect(page.locator(".result:not(.pending)")).to_have_count(2)
+        expect(page.locator(".result:not(.pending)")).to_have_count(2, timeout=BROWSER_TIMEOUT_MS)
         newest = page.query_selector(".result")
         assert newest.get_attribute("data-label") == "error" and "broken.jpg" in newest.inner_text()
         assert "Could not judge this file" in newest.inner_text()
