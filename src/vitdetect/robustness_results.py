@@ -16,6 +16,8 @@ ROBUSTNESS_FIGURE = "robustness"
 FAMILY_COLOURS = {"jpeg": "#0173b2", "blur": "#de8f05", "downscale": "#029e73", "noise": "#cc78bc"}
 PANELS = (("accuracy", "accuracy", "Accuracy at the checkpoint's threshold"),
           ("roc_auc", "ROC AUC", "ROC AUC (FAKE = positive class)"))
+# The columns of the side-by-side table: row key -> heading.
+COMPARED = {"accuracy": "accuracy", "roc_auc": "ROC AUC", "tpr_at_target_fpr": "TPR*", "flip_share": "flipped"}
 # What two reports must share for their rows to be comparable: the same images and the same noise.
 SAME_SAMPLE = ("split", "data_dir", "n_images", "seed")
 
@@ -102,8 +104,8 @@ def robustness_table(report: dict[str, Any]):
 
 def comparison_table(baseline: dict[str, Any], robust: dict[str, Any],
                      names: tuple[str, str] = ("without", "with")) -> str:
-    """A Markdown table of two reports side by side: accuracy, ROC AUC and TPR at the clean 5%-FPR threshold
-    per perturbation, with the change (second minus first); the clean row's change is the cost."""
+    """A Markdown table of two reports side by side: accuracy, ROC AUC, TPR at the clean 5%-FPR threshold and
+    flipped verdicts per perturbation, with the change (second minus first); the clean row's change is the cost."""
     differing = [key for key in SAME_SAMPLE if baseline.get(key) != robust.get(key)]
     if differing:
         raise VitdetectError(f"the two reports scored different samples ({', '.join(differing)} differ): "
@@ -111,7 +113,7 @@ def comparison_table(baseline: dict[str, Any], robust: dict[str, Any],
     robust_rows = {row["name"]: row for row in robust["rows"]}
     first, second = names
     header = ["perturbation"]
-    for metric in ("accuracy", "ROC AUC", f"TPR at {baseline['target_fpr']:.0%} FPR (clean threshold)"):
+    for metric in COMPARED.values():
         header += [f"{metric} {first}", f"{metric} {second}", "change"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in baseline["rows"]:
@@ -119,10 +121,13 @@ def comparison_table(baseline: dict[str, Any], robust: dict[str, Any],
         if other is None:
             continue
         cells = [row["name"] if row["family"] == "clean" else f"{row['family_title']}, {row['parameter']}"]
-        for key in ("accuracy", "roc_auc", "tpr_at_target_fpr"):
+        for key in COMPARED:
             cells += [_number(row[key]), _number(other[key]), _change(row[key], other[key])]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\n" + comparison_summary(baseline, robust, names) + "\n"
+    footnote = (f"TPR*: share of FAKE images caught at the threshold that gives {baseline['target_fpr']:.0%} FPR on "
+                "each model's clean scores, held fixed under the perturbation. flipped: share of each model's verdicts "
+                "that the perturbation changes (robustness apart from clean accuracy).")
+    return "\n".join(lines) + "\n\n" + footnote + "\n" + comparison_summary(baseline, robust, names) + "\n"
 
 
 def comparison_summary(baseline: dict[str, Any], robust: dict[str, Any], names: tuple[str, str]) -> str:
