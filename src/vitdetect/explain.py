@@ -31,7 +31,7 @@ from vitdetect.data import ImageSet
 from vitdetect.errors import UsageError
 from vitdetect.inference import TrainedModel, fake_probability
 from vitdetect.labels import CLASS_NAMES
-from vitdetect.model import encoder_blocks
+from vitdetect.model import LogitsOnly, encoder_blocks
 from vitdetect.transforms import to_model_input
 
 METHODS = ("rollout", "gradcam")
@@ -114,17 +114,6 @@ def attention_rollout(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[tor
     return _patch_grid(rollout[:, 0, 1:]), output.logits
 
 
-class _Logits(torch.nn.Module):
-    """The ViT as pixels -> logits, the plain callable grad-cam expects."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixels).logits
-
-
 class _Verdict:
     """Grad-CAM target: the logit margin of the image's verdict (FAKE when P(FAKE) >= threshold) over the
     other class, what P(FAKE) depends on. Decided from the same forward pass, so no extra one is needed."""
@@ -145,7 +134,7 @@ def grad_cam(model: torch.nn.Module, pixels: torch.Tensor, verdict: _Verdict) ->
 
     target_layer = encoder_blocks(model)[-1].layernorm_before
     try:
-        with torch.enable_grad(), GradCAM(_Logits(model), [target_layer], reshape_transform=_tokens_to_grid) as cam:
+        with torch.enable_grad(), GradCAM(LogitsOnly(model), [target_layer], reshape_transform=_tokens_to_grid) as cam:
             maps = cam(input_tensor=pixels, targets=[verdict] * len(pixels))
             logits = cam.outputs.detach()
     finally:

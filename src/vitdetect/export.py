@@ -21,6 +21,7 @@ from vitdetect.checkpoint import write_pretrained
 from vitdetect.errors import UsageError, VitdetectError
 from vitdetect.inference import TrainedModel
 from vitdetect.metrics import METRICS_NAME, read_metrics
+from vitdetect.model import LogitsOnly
 from vitdetect.model_card import render_model_card
 from vitdetect.onnx_backend import INPUT_NAME, OUTPUT_NAME, OnnxModel, onnx_metadata, require
 from vitdetect.settings import ExportFormat, ExportSettings
@@ -85,17 +86,6 @@ def calibrated_copy(model: torch.nn.Module, temperature: float) -> torch.nn.Modu
     return folded
 
 
-class _Logits(torch.nn.Module):
-    """The classifier as a plain tensor-to-tensor function: normalised pixels in, logits out."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixel_values).logits
-
-
 def export_onnx(model: torch.nn.Module, trained: TrainedModel, temperature: float, output: Path,
                 source: str) -> list[str]:
     """torch.onnx.export (the torch.export-based exporter), metadata, onnx.checker, an ORT check, then write."""
@@ -105,7 +95,7 @@ def export_onnx(model: torch.nn.Module, trained: TrainedModel, temperature: floa
     example = torch.zeros(2, 3, side, side)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's notes on its internals
-        program = torch.onnx.export(_Logits(model).eval(), (example,), dynamo=True, input_names=[INPUT_NAME],
+        program = torch.onnx.export(LogitsOnly(model).eval(), (example,), dynamo=True, input_names=[INPUT_NAME],
                                     output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("batch")},),
                                     verbose=False)
     proto = program.model_proto

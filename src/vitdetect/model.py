@@ -112,3 +112,15 @@ def model_from_config(
         where = f" in {source}" if source else ""
         raise VitdetectError(f"checkpoint weights{where} do not fit its model: {detail}") from None
     return model.eval()
+
+
+class LogitsOnly(torch.nn.Module):
+    """The classifier as a plain tensor-to-tensor function, normalised pixels in, logits out: what ONNX export
+    and grad-cam expect (the argument name becomes the ONNX input's name)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).logits
