@@ -16,62 +16,34 @@ decay 0.05, flip only, batch 128, 12 epochs.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from _common import REAL_CIFAKE, machine_accelerator
 from vitdetect.data import load_split, stratified_split
+from vitdetect.distill import TEACHER_NAME, train_small_cnn
 from vitdetect.evaluate import evaluate
 from vitdetect.settings import EvaluateSettings, TrainSettings
 from vitdetect.train import train
-from vitdetect.transforms import Preprocessing, build_augmentation, to_model_input
+from vitdetect.transforms import Preprocessing, to_model_input
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def small_cnn() -> torch.nn.Module:
-    def block(cin: int, cout: int) -> list[torch.nn.Module]:
-        return [torch.nn.Conv2d(cin, cout, 3, padding=1, bias=False), torch.nn.BatchNorm2d(cout), torch.nn.ReLU()]
-
-    return torch.nn.Sequential(
-        *block(3, 32), *block(32, 32), torch.nn.MaxPool2d(2),
-        *block(32, 64), *block(64, 64), torch.nn.MaxPool2d(2),
-        *block(64, 128), *block(128, 128),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(128, 2),
-    )
-
-
 def train_cnn(args: argparse.Namespace, prep: Preprocessing) -> tuple[torch.nn.Module, float]:
-    """The CNN on vitdetect's training split; returns the model and the training wall time."""
+    """The CNN on vitdetect's training split (vitdetect.distill, the --distill teacher); returns the model and the
+    training wall time."""
     defaults = TrainSettings()
     images = load_split(args.data_dir, "train", None, args.cache_dir)
     train_idx, _ = stratified_split(images.labels, defaults.val_fraction, defaults.seed)
-    inputs, labels = images.images[train_idx], images.labels[train_idx]
-    torch.manual_seed(defaults.seed)
-    model = small_cnn()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.05)
-    steps = args.cnn_epochs * math.ceil(len(inputs) / args.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
-    flip = build_augmentation(rotation_degrees=0, color_jitter=False)
     started = time.perf_counter()
-    for epoch in range(1, args.cnn_epochs + 1):
-        model.train()
-        order = torch.randperm(len(inputs))
-        for start in range(0, len(inputs), args.batch_size):
-            batch = order[start:start + args.batch_size]
-            loss = F.cross_entropy(model(to_model_input(inputs[batch], prep, flip)), labels[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-        print(f"    cnn epoch {epoch}/{args.cnn_epochs}: last batch loss {loss.item():.4f}", flush=True)
-    return model.eval(), time.perf_counter() - started
+    model = train_small_cnn(images.images[train_idx], images.labels[train_idx], prep, args.cnn_epochs,
+                            args.batch_size, defaults.seed)
+    return model, time.perf_counter() - started
 
 
 def score_cnn(model: torch.nn.Module, args: argparse.Namespace, prep: Preprocessing) -> dict[str, float]:
@@ -96,8 +68,10 @@ def vit_side(args: argparse.Namespace) -> dict[str, float]:
     metrics = evaluate(EvaluateSettings(checkpoint=run_dir / "best_model.pth", data_dir=args.data_dir,
                                         output_dir=args.output_dir / "vit-eval", cache_dir=args.cache_dir,
                                         quiet=True)).metrics
+    teacher = run_dir / TEACHER_NAME  # a --distill run trained its CNN teacher first: that time counts too
+    teacher_seconds = torch.load(teacher, weights_only=True)["seconds"] if teacher.exists() else 0.0
     return {"accuracy": metrics["accuracy"], "roc_auc": metrics["roc_auc"],
-            "seconds": float(np.atleast_1d(history["seconds"]).sum()), "model": metrics["model"]}
+            "seconds": float(np.atleast_1d(history["seconds"]).sum()) + teacher_seconds, "model": metrics["model"]}
 
 
 def main() -> None:

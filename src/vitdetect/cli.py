@@ -5,25 +5,18 @@ Heavy libraries (torch, transformers) are imported inside the commands so `--hel
 
 from __future__ import annotations
 
-import functools
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-from typer.core import TyperGroup
-
-from vitdetect import __version__
 
 try:  # typer >= 0.20 ships its own copy of click
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
 except ImportError:
     from click.exceptions import ClickException, NoArgsIsHelpError
+from vitdetect.cli_support import WorkflowGroup, described, user_errors, version_callback
 from vitdetect.errors import Terminated, UsageError, VitdetectError
 from vitdetect.settings import (
     Backend,
@@ -45,31 +38,7 @@ from vitdetect.settings import (
     TrainSettings,
     build_settings,
 )
-
-# --help lists the commands in the order of the workflow; commands added later come after these.
-WORKFLOW = ("download", "train", "evaluate", "predict", "plot")
-
-
-def _flag_without_metavar(option: Any) -> Any:
-    if option is not None:
-        option.metavar = ""  # a flag takes no value: no <bool> in --help
-    return option
-
-
-class WorkflowGroup(TyperGroup):
-    def list_commands(self, ctx: Any) -> list[str]:
-        names = super().list_commands(ctx)
-        return sorted(names, key=lambda name: (WORKFLOW.index(name) if name in WORKFLOW else len(WORKFLOW)))
-
-    def get_command(self, ctx: Any, name: str) -> Any:
-        command = super().get_command(ctx, name)
-        if command is not None:
-            _flag_without_metavar(command.get_help_option(ctx))  # cached by the command
-        return command
-
-    def get_help_option(self, ctx: Any) -> Any:
-        return _flag_without_metavar(super().get_help_option(ctx))
-
+from vitdetect.summaries import print_evaluation_summary, print_manifest_diff, print_train_summary, stdout
 
 app = typer.Typer(
     name="vitdetect",
@@ -80,49 +49,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-stdout = Console(highlight=False)
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def user_errors(command: F) -> F:
-    """Print a VitdetectError as one line on stderr and exit with its code: never a traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except VitdetectError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(exc.exit_code) from None
-        except OSError as exc:  # disk full, permission denied, ...: the system's reason and the path
-            where = f"{exc.filename}: " if exc.filename else ""
-            typer.echo(f"error: {where}{exc.strerror or exc}", err=True)
-            raise typer.Exit(1) from None
-        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated) outside the training loop
-            typer.echo("error: interrupted", err=True)
-            raise typer.Exit(getattr(exc, "exit_code", 130)) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def described(settings: type, name: str, *flags: str, **kwargs: Any) -> Any:
-    """A typer Option whose help and shown default come from the settings model: one place for both."""
-    info = settings.model_fields[name]
-    default = info.default if info.default_factory is None else info.default_factory()
-    if isinstance(default, tuple):
-        shown = ",".join(map(str, default)) or "none"
-    else:
-        shown = getattr(default, "value", default)
-    if info.annotation is bool:
-        kwargs.setdefault("metavar", "")  # a flag takes no value: no <bool> in --help
-    text = escape(f"{info.description} (default: {shown})")  # help is rich markup: keep [onnx] as typed
-    return typer.Option(None, *flags, help=text, show_default=False, **kwargs)
-
-
-def version_callback(value: bool) -> None:
-    if value:
-        typer.echo(f"vitdetect {__version__}")
-        raise typer.Exit()
 
 
 @app.callback()
@@ -162,6 +88,10 @@ def train(
                                                           "--augment-jpeg-quality"),
     augment_blur: float = described(TrainSettings, "augment_blur", "--augment-blur"),
     augment_blur_sigma: tuple[float, float] = described(TrainSettings, "augment_blur_sigma", "--augment-blur-sigma"),
+    distill: bool = described(TrainSettings, "distill", "--distill/--no-distill"),
+    distill_alpha: float = described(TrainSettings, "distill_alpha", "--distill-alpha"),
+    distill_temperature: float = described(TrainSettings, "distill_temperature", "--distill-temperature"),
+    teacher_epochs: int = described(TrainSettings, "teacher_epochs", "--teacher-epochs"),
     feature_cache: bool = described(TrainSettings, "feature_cache", "--feature-cache/--no-feature-cache"),
     feature_views: int = described(TrainSettings, "feature_views", "--feature-views"),
     mixed_precision: MixedPrecision = described(TrainSettings, "mixed_precision", "--mixed-precision"),
@@ -363,40 +293,6 @@ def export(
         typer.echo(note)
 
 
-def print_evaluation_summary(result) -> None:
-    metrics = result.metrics
-    shown = lambda value: "n/a" if value is None else f"{value:.4f}"  # noqa: E731 - null: undefined
-    table = Table(title=f"evaluation: {metrics['split']} split, {metrics['n_images']:,} images "
-                  f"(positive class {metrics['positive_class']})", show_header=False)
-    table.add_row("threshold", f"P(FAKE) >= {metrics['threshold']:.4g} is FAKE")
-    for key in ("accuracy", "balanced_accuracy", "roc_auc", "pr_auc"):
-        table.add_row(key.replace("_", " "), shown(metrics[key]))
-    for key in ("log_loss", "brier_score", "ece"):
-        table.add_row(key.replace("_", " "), f"{shown(metrics[key])} ({shown(metrics['uncalibrated'][key])} "
-                      f"before temperature scaling)" if metrics["temperature"] != 1 else shown(metrics[key]))
-    table.add_row("temperature", f"{metrics['temperature']:.4f}" + (" (not calibrated)" if metrics["temperature"]
-                                                                    == 1 else ""))
-    for target, point in metrics["tpr_at_fpr"].items():
-        table.add_row(f"TPR at FPR <= {float(target):.0%}", "n/a" if point is None else
-                      f"{point['tpr']:.4f} (threshold {point['threshold']:.4g}, FPR {point['fpr']:.4f})")
-    table.add_row("wall time", f"{result.seconds:.1f} s ({result.images_per_second:,.0f} images/s scoring)")
-    table.add_row("results", str(result.output_dir))
-    stdout.print(table)
-    per_class = Table(title="per class")
-    for column in ("class", "precision", "recall", "f1", "support", "predicted REAL", "predicted FAKE"):
-        per_class.add_column(column, justify="left" if column == "class" else "right")
-    for name, row in zip(metrics["class_names"], metrics["confusion_matrix"], strict=True):
-        scores = metrics["per_class"][name]
-        per_class.add_row(f"true {name}", *(shown(scores[k]) for k in ("precision", "recall", "f1")),
-                          f"{scores['support']:,}", *(f"{count:,}" for count in row))
-    stdout.print(per_class)
-    if result.stored_threshold:
-        stored = result.stored_threshold
-        stdout.print(f"stored threshold {stored['threshold']:.6g} in {metrics['checkpoint']} "
-                     f"(FPR {stored['fpr']:.4f}, TPR {stored['tpr']:.4f} on this split; the metrics above "
-                     "use it, so they are optimistic)")
-
-
 @app.command()
 @user_errors
 def download(
@@ -429,34 +325,6 @@ def download(
     typer.echo(f"CIFAKE {result.action} at {result.dest}: {downloading.describe_counts(result.counts)}")
     if result.ignored:
         typer.echo(f"left out {result.ignored:,} file(s) outside train/{{REAL,FAKE}} and test/{{REAL,FAKE}}")
-
-
-def print_manifest_diff(diff, dest: Path, shown: int = 10) -> None:
-    for kind in ("missing", "extra", "changed"):
-        paths = getattr(diff, kind)
-        for path in paths[:shown]:
-            typer.echo(f"{kind}: {path}")
-        if len(paths) > shown:
-            typer.echo(f"{kind}: ... and {len(paths) - shown:,} more")
-    if diff.clean:
-        typer.echo(f"{dest}: all {diff.files:,} files match the manifest")
-
-
-def print_train_summary(result) -> None:
-    best = result.best
-    table = Table(title="training summary", show_header=False)
-    table.add_row("best epoch", f"{result.state.best_epoch} of {result.state.epoch}"
-                  + (" (early stop)" if result.stopped_early else ""))
-    for key in ("val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1"):
-        table.add_row(key.replace("_", " "), f"{best[key]:.4f}")
-    if result.calibration:
-        fit = result.calibration
-        table.add_row("temperature", f"{fit.temperature:.4f} (validation NLL {fit.nll_before:.4f} -> "
-                      f"{fit.nll_after:.4f})")
-    table.add_row("trainable parameters", f"{result.trainable:,} of {result.total:,}")
-    table.add_row("wall time", f"{result.seconds:.1f} s")
-    table.add_row("checkpoint", str(result.output_dir / "best_model.pth"))
-    stdout.print(table)
 
 
 def main(argv: list[str] | None = None) -> None:

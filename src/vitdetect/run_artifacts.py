@@ -26,6 +26,7 @@ from vitdetect.checkpoint import (
     save_pretrained_dir,
 )
 from vitdetect.data import SKIPPED_NAME
+from vitdetect.distill import TEACHER_NAME
 from vitdetect.errors import UsageError, VitdetectError
 from vitdetect.metrics import BATCH_HISTORY_NAME, EPOCH_HISTORY_NAME, METRICS_NAME, PREDICTIONS_NAME
 from vitdetect.plots import EVALUATION_FIGURES, FORMATS, TRAINING_FIGURES
@@ -35,7 +36,7 @@ from vitdetect.transforms import Preprocessing
 CONFIG_NAME = "config.json"
 # Everything train and evaluate write into a run's folder: what --overwrite removes.
 RUN_OUTPUTS = (BEST_NAME, LAST_NAME, PRETRAINED_DIR_NAME, CONFIG_NAME, EPOCH_HISTORY_NAME, BATCH_HISTORY_NAME,
-               SKIPPED_NAME, METRICS_NAME, PREDICTIONS_NAME,
+               SKIPPED_NAME, METRICS_NAME, PREDICTIONS_NAME, TEACHER_NAME,
                *(f"{name}.{fmt}" for name in TRAINING_FIGURES + EVALUATION_FIGURES for fmt in FORMATS))
 # What a new run would destroy: a model, its history, its evaluation. A run stopped before its first epoch
 # ended leaves only config.json (and skipped_images.json): nothing to lose, so a new run replaces them.

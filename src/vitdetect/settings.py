@@ -153,6 +153,15 @@ class TrainSettings(_TrackingSettings):
         (0.1, 2.0), description="Robust training: the blur sigma range of --augment-blur, in stored-image pixels, "
         "drawn uniformly."
     )
+    distill: bool = Field(
+        False, description="Knowledge distillation: first train the small CNN teacher (288k parameters) on the same "
+        "training split, then train the model on the labels mixed with the teacher's softened probabilities."
+    )
+    distill_alpha: float = Field(0.5, ge=0, le=1, description="--distill: weight of the teacher's term in the "
+                                 "training loss (the labels get 1 - alpha).")
+    distill_temperature: float = Field(2.0, gt=0, le=20, description="--distill: temperature that softens both "
+                                       "probability distributions in the teacher's term.")
+    teacher_epochs: int = Field(12, ge=1, description="--distill: epochs of the teacher's training.")
     feature_cache: bool = Field(
         True, description="Head-only mode: run the frozen backbone once per image view, then train the head."
     )
@@ -192,6 +201,13 @@ class TrainSettings(_TrackingSettings):
         if not self.augment and (self.augment_jpeg or self.augment_blur):
             raise UsageError("--augment-jpeg and --augment-blur are augmentations: they cannot be combined with "
                              "--no-augment")
+        return self
+
+    @model_validator(mode="after")
+    def _distill_needs_pixels(self) -> TrainSettings:
+        if self.distill and self.train_mode == TrainMode.head:
+            raise UsageError("--distill trains on images, not on cached features: use --train-mode full or "
+                             "last-blocks")
         return self
 
     @model_validator(mode="before")

@@ -22,6 +22,7 @@ from vitdetect import distributed, tracking
 from vitdetect.calibration import TemperatureFit, after_training
 from vitdetect.checkpoint import load_checkpoint
 from vitdetect.data import TensorBatches, keep_batch, load_split_reported, stratified_sample, stratified_split
+from vitdetect.distill import teacher_for, training_loss
 from vitdetect.errors import VitdetectError
 from vitdetect.interrupts import Interrupted, interruption_guard, interruption_message, saved_so_far
 from vitdetect.locking import output_lock
@@ -105,6 +106,8 @@ def run_training(settings: TrainSettings, accelerator, reporter: Reporter, resum
 
     model.to(accelerator.device)
     augmentation = training_augmentation(settings, prep.storage_size)
+    teacher = (teacher_for(output_dir, train_set, prep, settings, reporter, accelerator, resuming=resumed is not None)
+               if settings.distill else None)
     use_features = settings.train_mode == TrainMode.head and settings.feature_cache
     if use_features:
         # Building a fresh model and rebuilding a resumed one draw different amounts of randomness:
@@ -140,12 +143,15 @@ def run_training(settings: TrainSettings, accelerator, reporter: Reporter, resum
         state.batches.append(row)
         tracker.log_batch(row, state.global_step + row["step"])
 
-    def forward(inputs: torch.Tensor, training: bool, epoch: int) -> torch.Tensor:
+    def forward(inputs: torch.Tensor, training: bool, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The model's logits, and the teacher's on the same (augmented) batch when distilling."""
         if use_features:
             features = inputs[:, (epoch - 1) % inputs.shape[1]] if inputs.ndim == 3 else inputs
-            return trained_module(features)
+            return trained_module(features), None
         pixels = to_model_input(inputs, prep, augmentation if training else None)
-        return trained_module(pixel_values=pixels).logits
+        with torch.no_grad():
+            teacher_logits = teacher(pixels) if training and teacher is not None else None
+        return trained_module(pixel_values=pixels).logits, teacher_logits
 
     stopped_early = False
     with tracker, reporter.bars(), interruption_guard() as interrupted, single_threaded(
@@ -269,7 +275,7 @@ def make_loader(inputs: torch.Tensor, labels: torch.Tensor, settings: TrainSetti
 
 
 def run_epoch(
-    forward: Callable[[torch.Tensor], torch.Tensor],
+    forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]],
     loader,
     accelerator,
     reporter: Reporter,
@@ -290,9 +296,11 @@ def run_epoch(
             if signum := distributed.agreed_signal(interrupted(), accelerator):
                 raise Interrupted(interruption_message(signum, epoch, settings.output_dir), 128 + signum)
             with accelerator.autocast():
-                logits = forward(inputs)
-            smoothing = settings.label_smoothing if training else 0.0
-            sample_losses = F.cross_entropy(logits.float(), targets, reduction="none", label_smoothing=smoothing)
+                logits, teacher_logits = forward(inputs)
+            if training:
+                sample_losses = training_loss(logits.float(), targets, teacher_logits, settings)
+            else:
+                sample_losses = F.cross_entropy(logits.float(), targets, reduction="none")
             if training:
                 accelerator.backward(sample_losses.mean())
                 if settings.grad_clip > 0:
