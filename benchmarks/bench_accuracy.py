@@ -9,7 +9,7 @@ The CNN (the peer named in issue 11): conv3x3-BN-ReLU x 6 at widths 32/32/64/64/
 the 2nd and 4th, global average pool, linear; 288k parameters; AdamW 2e-3 with a one-cycle schedule, weight
 decay 0.05, flip only, batch 128, 12 epochs.
 
-    python benchmarks/bench_accuracy.py --preset vit-cifake-20k          # trains both (about an hour on 2 cores)
+    python benchmarks/bench_accuracy.py --preset vit-p4-128-kd           # trains both (about an hour on 2 cores)
     python benchmarks/bench_accuracy.py --vit-run runs/vit20k            # reuse a finished `vitdetect train` run
 """
 
@@ -77,7 +77,7 @@ def vit_side(args: argparse.Namespace) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=REAL_CIFAKE, help="CIFAKE root with train/ and test/")
-    parser.add_argument("--preset", default="vit-cifake-20k", help="scratch preset to train (without scratch:)")
+    parser.add_argument("--preset", default="vit-p4-128-kd", help="scratch preset to train (without scratch:)")
     parser.add_argument("--vit-run", type=Path, help="a finished `vitdetect train` run folder to reuse")
     parser.add_argument("--cnn-epochs", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=128)

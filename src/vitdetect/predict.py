@@ -12,13 +12,11 @@ exported ONNX file runs in ONNX Runtime after the same decoder and `transforms.t
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import json
-import os
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +31,8 @@ from vitdetect.data import decode_images
 from vitdetect.distributed import make_accelerator
 from vitdetect.errors import UsageError, VitdetectError
 from vitdetect.explain import as_picture, check_method, explain_images
-from vitdetect.images import IMAGE_EXTENSIONS, is_image_path, open_image
+from vitdetect.image_files import find_images
+from vitdetect.images import open_image
 from vitdetect.inference import TrainedModel, fake_probabilities
 from vitdetect.labels import ID2LABEL, POSITIVE_CLASS
 from vitdetect.metrics import classify
@@ -189,55 +188,6 @@ def _name(source: ImageSource, index: int) -> str:
     if isinstance(source, Image.Image):
         return getattr(source, "filename", "") or f"<image #{index}>"
     raise TypeError(f"cannot judge a {type(source).__name__}: pass a path, bytes or a PIL image")
-
-
-@dataclass
-class FoundImages:
-    """The files to judge, and the files the given folders hold that are not images."""
-
-    paths: list[Path]
-    ignored: list[Path] = field(default_factory=list)
-
-
-def find_images(patterns: Sequence[str | Path], recursive: bool = False) -> FoundImages:
-    """Expand files, folders (images directly inside; all below with recursive) and glob patterns.
-
-    A file named explicitly is judged whatever its name; in folders and glob matches only files with
-    an image extension are, and hidden files (.DS_Store, macOS ._ copies) are skipped.
-    """
-    if not patterns:
-        raise UsageError("no images given: pass files, folders or glob patterns (vitdetect predict PATH...)")
-    found = FoundImages([])
-    for pattern in map(Path, patterns):
-        if pattern.is_file():
-            found.paths.append(pattern)
-            continue
-        for match in [pattern] if pattern.is_dir() else _glob(str(pattern)):
-            for path in _folder_files(match, recursive) if match.is_dir() else [match]:
-                (found.paths if is_image_path(path) else found.ignored).append(path)
-    found.paths = list(dict.fromkeys(found.paths))
-    if not found.paths:
-        raise UsageError(f"no images found in {', '.join(map(str, patterns))} (looked for "
-                         f"{', '.join(sorted(ext.lstrip('.') for ext in IMAGE_EXTENSIONS))}"
-                         f"{'' if recursive else '; add --recursive for sub-folders'})")
-    return found
-
-
-def _glob(pattern: str) -> list[Path]:
-    matches = sorted(map(Path, glob.glob(pattern, recursive=True)))
-    if not matches:
-        raise UsageError(f"no such file or folder, and no glob match: {pattern}")
-    return matches
-
-
-def _folder_files(folder: Path, recursive: bool) -> list[Path]:
-    if not recursive:
-        return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    files = []
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        files.extend(Path(root, name) for name in names if not name.startswith("."))
-    return sorted(files)
 
 
 def render(results: Sequence[Prediction], fmt: str) -> str:

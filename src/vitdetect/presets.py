@@ -38,6 +38,10 @@ PRESETS: dict[str, Preset] = {
     # The best 20k-subset recipe measured so far (README "Model zoo"): 0.9094 official-test accuracy.
     "vit-p4-128": Preset(_vit(128, 6, 4, 512, 32, 4), "1.2M parameters at 32x32 in 4x4 patches, width 128",
                          {**FROM_SCRATCH, "epochs": 24}),
+    # B's architecture and recipe, taught by the small CNN (vitdetect.distill): the CNN's locality without
+    # leaving ViTForImageClassification (README "Model zoo", run F).
+    "vit-p4-128-kd": Preset(_vit(128, 6, 4, 512, 32, 4), "vit-p4-128 distilled from the 288k-parameter CNN",
+                            {**FROM_SCRATCH, "epochs": 24, "distill": True}),
     "vit-p2-64": Preset(_vit(64, 8, 2, 256, 32, 2), "0.4M parameters at 32x32 in 2x2 patches (256 tokens), width 64"),
 }
 
