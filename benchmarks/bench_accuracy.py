@@ -11,6 +11,10 @@ decay 0.05, flip only, batch 128, 12 epochs.
 
     python benchmarks/bench_accuracy.py --preset vit-p4-128-kd           # trains both (about an hour on 2 cores)
     python benchmarks/bench_accuracy.py --vit-run runs/vit20k            # reuse a finished `vitdetect train` run
+
+A distilled ViT (`--distill`, the default preset) trains this very CNN as its teacher, on the same split with the
+same seed and recipe: the benchmark scores that teacher (teacher.pth) as the CNN side, with its recorded training
+time, rather than training it again.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch
 
 from _common import REAL_CIFAKE, machine_accelerator
 from vitdetect.data import load_split, stratified_split
-from vitdetect.distill import TEACHER_NAME, train_small_cnn
+from vitdetect.distill import TEACHER_NAME, small_cnn, train_small_cnn
 from vitdetect.evaluate import evaluate
 from vitdetect.settings import EvaluateSettings, TrainSettings
 from vitdetect.train import train
@@ -34,16 +38,24 @@ from vitdetect.transforms import Preprocessing, to_model_input
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def train_cnn(args: argparse.Namespace, prep: Preprocessing) -> tuple[torch.nn.Module, float]:
-    """The CNN on vitdetect's training split (vitdetect.distill, the --distill teacher); returns the model and the
-    training wall time."""
+def cnn_side(args: argparse.Namespace, prep: Preprocessing, vit_run: Path) -> tuple[torch.nn.Module, float, str]:
+    """The CNN on vitdetect's training split (vitdetect.distill, the --distill teacher): the model, its training
+    wall time and where it came from. A distilled ViT run already trained exactly this CNN (same split, seed and
+    recipe) as its teacher: that one is scored instead of training it a second time."""
+    teacher = vit_run / TEACHER_NAME
+    if teacher.exists():
+        saved = torch.load(teacher, weights_only=True)
+        if saved["epochs"] == args.cnn_epochs:
+            model = small_cnn()
+            model.load_state_dict(saved["state_dict"])
+            return model.eval(), saved["seconds"], f"the teacher in {teacher}"
     defaults = TrainSettings()
     images = load_split(args.data_dir, "train", None, args.cache_dir)
     train_idx, _ = stratified_split(images.labels, defaults.val_fraction, defaults.seed)
     started = time.perf_counter()
     model = train_small_cnn(images.images[train_idx], images.labels[train_idx], prep, args.cnn_epochs,
                             args.batch_size, defaults.seed)
-    return model, time.perf_counter() - started
+    return model, time.perf_counter() - started, "trained here"
 
 
 def score_cnn(model: torch.nn.Module, args: argparse.Namespace, prep: Preprocessing) -> dict[str, float]:
@@ -57,13 +69,18 @@ def score_cnn(model: torch.nn.Module, args: argparse.Namespace, prep: Preprocess
     return {"accuracy": float(((p_fake >= 0.5) == labels).mean()), "roc_auc": float(roc_auc_score(labels, p_fake))}
 
 
-def vit_side(args: argparse.Namespace) -> dict[str, float]:
-    """Train the preset (or reuse --vit-run) and evaluate it on the official test split."""
-    run_dir = args.vit_run
-    if run_dir is None:
-        run_dir = args.output_dir / "vit"
-        train(TrainSettings(model=f"scratch:{args.preset}", data_dir=args.data_dir, output_dir=run_dir,
-                            cache_dir=args.cache_dir, quiet=True, overwrite=True))
+def vit_run_dir(args: argparse.Namespace) -> Path:
+    """--vit-run, or a fresh training of the preset."""
+    if args.vit_run is not None:
+        return args.vit_run
+    run_dir = args.output_dir / "vit"
+    train(TrainSettings(model=f"scratch:{args.preset}", data_dir=args.data_dir, output_dir=run_dir,
+                        cache_dir=args.cache_dir, quiet=True, overwrite=True))
+    return run_dir
+
+
+def vit_side(args: argparse.Namespace, run_dir: Path) -> dict[str, float]:
+    """The run's best checkpoint evaluated on the official test split, and its training time."""
     history = np.genfromtxt(run_dir / "history.csv", delimiter=",", names=True)
     metrics = evaluate(EvaluateSettings(checkpoint=run_dir / "best_model.pth", data_dir=args.data_dir,
                                         output_dir=args.output_dir / "vit-eval", cache_dir=args.cache_dir,
@@ -88,11 +105,13 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f}")
     args.output_dir.mkdir(parents=True, exist_ok=True)
     prep = Preprocessing(32, 32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
-    print("--- small CNN (288k parameters, 12 epochs)", flush=True)
-    cnn, cnn_seconds = train_cnn(args, prep)
-    cnn_scores = {**score_cnn(cnn, args, prep), "seconds": cnn_seconds}
     print(f"--- ViT {'run ' + str(args.vit_run) if args.vit_run else 'scratch:' + args.preset}", flush=True)
-    vit = vit_side(args)
+    run_dir = vit_run_dir(args)
+    vit = vit_side(args, run_dir)
+    print(f"--- small CNN (288k parameters, {args.cnn_epochs} epochs)", flush=True)
+    cnn, cnn_seconds, origin = cnn_side(args, prep, run_dir)
+    print(f"    CNN: {origin}")
+    cnn_scores = {**score_cnn(cnn, args, prep), "seconds": cnn_seconds}
     for name, scores in (("CNN", cnn_scores), (f"ViT {vit['model']}", vit)):
         print(f"{name}: official-test accuracy {scores['accuracy']:.4f}, ROC AUC {scores['roc_auc']:.4f}, "
               f"training {scores['seconds'] / 60:.1f} min")

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from vitdetect.errors import VitdetectError
 from vitdetect.robustness_results import ROBUSTNESS_NAME, comparison_table, read_robustness
 
 REAL_CIFAKE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifake"
@@ -79,4 +80,7 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except VitdetectError as exc:
+        sys.exit(f"error: {exc}")

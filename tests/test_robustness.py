@@ -134,6 +134,8 @@ def test_comparison_table_of_two_reports(robustness_run, tmp_path):
     jpeg = next(line for line in lines if line.startswith("| JPEG re-compression, quality 30 |"))
     assert f"{report['rows'][4]['accuracy']:.4f}" in jpeg
     assert "over 12 perturbations" in lines[-1]
+    elsewhere = {**better, "data_dir": "/somewhere/else/cifake"}  # the same data on another machine
+    assert comparison_table(report, elsewhere) == table
     better["seed"] = 7
     with pytest.raises(VitdetectError, match="different samples"):
         comparison_table(report, better)

@@ -19,7 +19,8 @@ PANELS = (("accuracy", "accuracy", "Accuracy at the checkpoint's threshold"),
 # The columns of the side-by-side table: row key -> heading.
 COMPARED = {"accuracy": "accuracy", "roc_auc": "ROC AUC", "tpr_at_target_fpr": "TPR*", "flip_share": "flipped"}
 # What two reports must share for their rows to be comparable: the same images and the same noise.
-SAME_SAMPLE = ("split", "data_dir", "n_images", "seed")
+# What fixes the sample. Not data_dir: the same data sits at different paths on different machines (a GPU box).
+SAME_SAMPLE = ("split", "split_images", "n_images", "support", "seed")
 
 
 def read_robustness(path: Path) -> dict[str, Any]:
