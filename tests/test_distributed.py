@@ -217,3 +217,14 @@ def test_a_folder_held_by_another_run_stops_every_process_with_the_same_line(tin
     assert proc.returncode != 0 and len(errors) == PROCESSES and len(set(errors)) == 1, proc.stderr[-3000:]
     assert errors[0].startswith(f"error: output folder {results} is in use by process {os.getpid()} on ")
     assert [path.name for path in results.iterdir()] == [LOCK_NAME]  # nothing written by the refused run
+
+
+def test_a_distilled_run_trains_one_teacher_that_every_process_learns_from(tiny_data, tmp_path):
+    """--distill under torchrun: the main process trains and saves the teacher, every process loads that file."""
+    results = tmp_path / "results"
+    proc = torchrun("-m", "vitdetect", "train", "--data-dir", str(tiny_data), "--output-dir", str(results),
+                    "--model", "scratch:vit-micro-32", "--batch-size", "8", "--epochs", "1", "--distill",
+                    "--teacher-epochs", "2", "--no-calibration", "--cache-dir", str(tmp_path / "cache"), cwd=tmp_path)
+    assert proc.stderr.count("teacher: small CNN, 2 epochs") == 1, proc.stderr
+    assert (results / "teacher.pth").is_file() and (results / "best_model.pth").is_file()
+    assert len(read_rows(results / "history.csv")) == 1
