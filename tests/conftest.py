@@ -100,6 +100,20 @@ def evaluated_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return results
 
 
+@pytest.fixture(scope="module")
+def checkpoint(evaluated_run: Path) -> Path:
+    """The evaluated run's best checkpoint (a module may define its own `checkpoint` instead)."""
+    return evaluated_run / "best_model.pth"
+
+
+@pytest.fixture(scope="module")
+def images(evaluated_run: Path) -> dict[str, bytes]:
+    """name -> bytes of the uploads the serve tests send (needs the serve extra)."""
+    from serve_support import upload_images
+
+    return upload_images(evaluated_run)
+
+
 def run_main(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str, str]:
     """`vitdetect ARGS` in-process through the console-script entry point: (exit code, stdout, stderr)."""
     from vitdetect.cli import main

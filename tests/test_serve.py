@@ -16,7 +16,7 @@ from PIL import Image
 from conftest import run_main, user_error
 
 pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[serve]'")
-from serve_support import multipart, serving, upload_images  # noqa: E402
+from serve_support import multipart, serving  # noqa: E402
 from vitdetect.checkpoint import save_checkpoint  # noqa: E402
 from vitdetect.predict import Detector  # noqa: E402
 
@@ -36,16 +36,6 @@ sys.addaudithook(record_opens)
 def writes(records):
     return [(path, how) for path, how in records
             if (isinstance(how, str) and any(c in how for c in "wax+")) or (isinstance(how, int) and how & WRITE_FLAGS)]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(evaluated_run):
-    return evaluated_run / "best_model.pth"
-
-
-@pytest.fixture(scope="module")
-def images(evaluated_run):
-    return upload_images(evaluated_run)
 
 
 @pytest.fixture(scope="module")

@@ -8,19 +8,9 @@ import threading
 import pytest
 
 pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[serve]'")
-from serve_support import multipart, serving, upload_images  # noqa: E402
+from serve_support import multipart, serving  # noqa: E402
 from vitdetect.predict import Detector  # noqa: E402
 from vitdetect.serve.batching import BatchingQueue  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def checkpoint(evaluated_run):
-    return evaluated_run / "best_model.pth"
-
-
-@pytest.fixture(scope="module")
-def images(evaluated_run):
-    return upload_images(evaluated_run)
 
 
 def test_the_model_runs_off_the_event_loop(checkpoint, images):

@@ -30,11 +30,6 @@ def chromium_path() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(evaluated_run):
-    return evaluated_run / "best_model.pth"
-
-
-@pytest.fixture(scope="module")
 def cifake_image(evaluated_run) -> Path:
     """A real CIFAKE test image where the data is present, else one of the tiny CIFAKE-layout set's."""
     folder = REAL_CIFAKE / "test" / "FAKE"
