@@ -29,7 +29,7 @@ import torch
 
 from _common import REAL_CIFAKE, machine_accelerator
 from vitdetect.data import load_split, stratified_split
-from vitdetect.distill import TEACHER_NAME, small_cnn, train_small_cnn
+from vitdetect.distill import TEACHER_NAME, read_teacher, train_small_cnn
 from vitdetect.evaluate import evaluate
 from vitdetect.settings import EvaluateSettings, TrainSettings
 from vitdetect.train import train
@@ -44,11 +44,9 @@ def cnn_side(args: argparse.Namespace, prep: Preprocessing, vit_run: Path) -> tu
     recipe) as its teacher: that one is scored instead of training it a second time."""
     teacher = vit_run / TEACHER_NAME
     if teacher.exists():
-        saved = torch.load(teacher, weights_only=True)
-        if saved["epochs"] == args.cnn_epochs:
-            model = small_cnn()
-            model.load_state_dict(saved["state_dict"])
-            return model.eval(), saved["seconds"], f"the teacher in {teacher}"
+        model, record = read_teacher(teacher)
+        if record["epochs"] == args.cnn_epochs:
+            return model, record["seconds"], f"the teacher in {teacher}"
     defaults = TrainSettings()
     images = load_split(args.data_dir, "train", None, args.cache_dir)
     train_idx, _ = stratified_split(images.labels, defaults.val_fraction, defaults.seed)
@@ -86,7 +84,7 @@ def vit_side(args: argparse.Namespace, run_dir: Path) -> dict[str, float]:
                                         output_dir=args.output_dir / "vit-eval", cache_dir=args.cache_dir,
                                         quiet=True)).metrics
     teacher = run_dir / TEACHER_NAME  # a --distill run trained its CNN teacher first: that time counts too
-    teacher_seconds = torch.load(teacher, weights_only=True)["seconds"] if teacher.exists() else 0.0
+    teacher_seconds = read_teacher(teacher)[1]["seconds"] if teacher.exists() else 0.0
     return {"accuracy": metrics["accuracy"], "roc_auc": metrics["roc_auc"],
             "seconds": float(np.atleast_1d(history["seconds"]).sum()) + teacher_seconds, "model": metrics["model"]}
 

@@ -97,9 +97,16 @@ def teacher_for(output_dir: Path, train_set, prep: Preprocessing, settings: Trai
         reporter.info(f"teacher: {path} (from the run being resumed)")
     else:
         distributed.on_main_process(train_and_save, accelerator)
-    teacher = small_cnn()
-    teacher.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
-    return teacher.to(accelerator.device).eval().requires_grad_(False)
+    teacher, _ = read_teacher(path)
+    return teacher.to(accelerator.device).requires_grad_(False)
+
+
+def read_teacher(path: Path) -> tuple[torch.nn.Module, dict]:
+    """A saved teacher in eval mode on the CPU, and its record (epochs, training seconds)."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model = small_cnn()
+    model.load_state_dict(saved.pop("state_dict"))
+    return model.eval(), saved
 
 
 def training_loss(logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor | None,
