@@ -28,10 +28,11 @@ import numpy as np
 import torch
 
 from _common import REAL_CIFAKE, machine_accelerator
+from vitdetect.command_settings import EvaluateSettings
 from vitdetect.data import load_split, stratified_split
 from vitdetect.distill import TEACHER_NAME, read_teacher, train_small_cnn
 from vitdetect.evaluate import evaluate
-from vitdetect.settings import EvaluateSettings, TrainSettings
+from vitdetect.settings import TrainSettings
 from vitdetect.train import train
 from vitdetect.transforms import Preprocessing, to_model_input
 

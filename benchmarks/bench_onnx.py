@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from _common import REAL_CIFAKE, print_ratio, spread_sample, timer
+from vitdetect.command_settings import ExportSettings, PredictSettings
 from vitdetect.data import decode_images, list_split
 from vitdetect.distributed import make_accelerator
 from vitdetect.export import export
 from vitdetect.inference import fake_probabilities
 from vitdetect.predict import Detector
-from vitdetect.settings import ExportSettings, PredictSettings
 
 TARGET = 1.0  # ONNX Runtime should be at least as fast as PyTorch
 

@@ -23,11 +23,11 @@ import numpy as np
 
 from _common import REAL_CIFAKE, print_ratio, spread_sample, timer
 from vitdetect.checkpoint import save_pretrained_dir
+from vitdetect.command_settings import PredictSettings
 from vitdetect.data import list_split
 from vitdetect.distributed import make_accelerator
 from vitdetect.labels import POSITIVE_CLASS
 from vitdetect.predict import Detector
-from vitdetect.settings import PredictSettings
 
 TARGET = 1.5
 

@@ -9,8 +9,8 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from conftest import make_image
+from vitdetect.command_settings import ServeSettings
 from vitdetect.serve.app import create_app
-from vitdetect.settings import ServeSettings
 
 
 def upload_images(evaluated_run: Path) -> dict[str, bytes]:

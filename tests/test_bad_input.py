@@ -25,10 +25,11 @@ from PIL import Image
 from conftest import make_dataset, make_image, run_main, user_error
 from vitdetect import checkpoint as checkpoints
 from vitdetect.checkpoint import load_checkpoint
+from vitdetect.command_settings import DownloadSettings, EvaluateSettings, PredictSettings
 from vitdetect.images import ImageDecodeError, decode_rgb
 from vitdetect.locking import LOCK_NAME
 from vitdetect.model import PRESETS
-from vitdetect.settings import DownloadSettings, EvaluateSettings, PredictSettings, TrainSettings
+from vitdetect.settings import TrainSettings
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 
 from conftest import make_image, random_checkpoint, run_main, user_error
+from vitdetect.command_settings import ExportFormat, ExportSettings
 from vitdetect.export import export
 from vitdetect.inference import TrainedModel
 from vitdetect.predict import Detector
-from vitdetect.settings import ExportFormat, ExportSettings
 from vitdetect.transforms import to_model_input
 
 

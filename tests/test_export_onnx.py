@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from conftest import REAL_CIFAKE, make_image, random_checkpoint, run_main, user_error
+from vitdetect.command_settings import ExportSettings
 from vitdetect.data import list_split
 from vitdetect.errors import VitdetectError
 from vitdetect.export import export
 from vitdetect.inference import TrainedModel
 from vitdetect.predict import Detector
-from vitdetect.settings import ExportSettings
 from vitdetect.transforms import to_model_input
 
 pytest.importorskip("onnxruntime")

@@ -17,8 +17,7 @@ try:  # typer >= 0.20 ships its own copy of click
 except ImportError:
     from click.exceptions import ClickException, NoArgsIsHelpError
 from vitdetect.cli_support import WorkflowGroup, described, user_errors, version_callback
-from vitdetect.errors import Terminated, UsageError, VitdetectError
-from vitdetect.settings import (
+from vitdetect.command_settings import (
     Backend,
     CalibrateSettings,
     DownloadSettings,
@@ -27,17 +26,14 @@ from vitdetect.settings import (
     ExportFormat,
     ExportSettings,
     FigureFormat,
-    MixedPrecision,
     OutputFormat,
     PlotSettings,
     PredictSettings,
-    Schedule,
     ServeSettings,
     Source,
-    TrainMode,
-    TrainSettings,
-    build_settings,
 )
+from vitdetect.errors import Terminated, UsageError, VitdetectError
+from vitdetect.settings import MixedPrecision, Schedule, TrainMode, TrainSettings, build_settings
 from vitdetect.summaries import print_evaluation_summary, print_manifest_diff, print_train_summary, stdout
 
 app = typer.Typer(

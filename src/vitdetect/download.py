@@ -18,11 +18,11 @@ from pathlib import Path
 
 from vitdetect.archive import SPLITS, extract_archive
 from vitdetect.atomic import atomic_write_dir, atomic_write_text
+from vitdetect.command_settings import DownloadSettings
 from vitdetect.errors import UsageError, VitdetectError
 from vitdetect.images import ImageDecodeError, decode_rgb, is_image_path
 from vitdetect.labels import CLASS_NAMES
 from vitdetect.progress import Reporter
-from vitdetect.settings import DownloadSettings
 from vitdetect.sources import Counts, expected_counts, fetch_huggingface, fetch_kaggle
 
 MANIFEST_NAME = "MANIFEST.tsv"

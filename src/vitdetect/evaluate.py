@@ -20,6 +20,7 @@ from vitdetect.atomic import atomic_write_text
 from vitdetect.builtin import refuse_builtin, results_dir_for
 from vitdetect.calibration import FIT_KEY
 from vitdetect.checkpoint import save_checkpoint
+from vitdetect.command_settings import EvaluateSettings
 from vitdetect.data import ImageSet, load_split_reported
 from vitdetect.distributed import make_accelerator
 from vitdetect.errors import VitdetectError
@@ -37,7 +38,6 @@ from vitdetect.metrics import (
 from vitdetect.perturbations import resolve_suite
 from vitdetect.progress import Reporter
 from vitdetect.robustness import robustness_report, write_robustness
-from vitdetect.settings import EvaluateSettings
 
 
 @dataclass

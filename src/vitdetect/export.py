@@ -18,13 +18,13 @@ import torch
 
 from vitdetect.atomic import atomic_write, atomic_write_dir, ensure_writable_parent
 from vitdetect.checkpoint import write_pretrained
+from vitdetect.command_settings import ExportFormat, ExportSettings
 from vitdetect.errors import UsageError, VitdetectError
 from vitdetect.inference import TrainedModel
 from vitdetect.metrics import METRICS_NAME, read_metrics
 from vitdetect.model import LogitsOnly
 from vitdetect.model_card import render_model_card
 from vitdetect.onnx_backend import INPUT_NAME, OUTPUT_NAME, OnnxModel, onnx_metadata, require
-from vitdetect.settings import ExportFormat, ExportSettings
 
 CARD_NAME = "README.md"
 PARITY_TOLERANCE = 1e-4  # max |P(FAKE) difference| between ONNX Runtime and PyTorch before writing

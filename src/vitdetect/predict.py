@@ -27,6 +27,7 @@ from rich.text import Text
 
 from vitdetect.atomic import atomic_write_text, ensure_writable_parent
 from vitdetect.builtin import BUILTIN, announcement, is_builtin, resolve_checkpoint
+from vitdetect.command_settings import Backend, EvaluateSettings, OutputFormat, PredictSettings
 from vitdetect.data import decode_images
 from vitdetect.distributed import make_accelerator
 from vitdetect.errors import UsageError, VitdetectError
@@ -39,7 +40,6 @@ from vitdetect.metrics import classify
 from vitdetect.onnx_backend import OnnxModel
 from vitdetect.overlays import Explained, write_explanations
 from vitdetect.progress import Reporter
-from vitdetect.settings import Backend, EvaluateSettings, OutputFormat, PredictSettings
 
 ImageSource = str | Path | bytes | Image.Image
 FIELDS = ("path", "label", "p_fake", "confidence", "error", "note")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from vitdetect.atomic import atomic_write_text
+from vitdetect.command_settings import EvaluateSettings
 from vitdetect.data import ImageSet, stratified_sample
 from vitdetect.inference import TrainedModel, fake_probabilities
 from vitdetect.labels import CLASS_NAMES
@@ -23,7 +24,6 @@ from vitdetect.metrics import classify, threshold_at_fpr
 from vitdetect.perturbations import Perturbation
 from vitdetect.progress import Reporter
 from vitdetect.robustness_results import ROBUSTNESS_NAME, robustness_figures
-from vitdetect.settings import EvaluateSettings
 
 TARGET_FPR = 0.05  # the operating point chosen on the clean scores, then held fixed under every perturbation
 CLEAN_ROW = {"name": "clean", "family": "clean", "family_title": "clean", "level": 0, "parameter": "none"}

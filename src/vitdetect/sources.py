@@ -8,11 +8,11 @@ import shutil
 from pathlib import Path
 
 from vitdetect.archive import SPLITS, move_tree
+from vitdetect.command_settings import DownloadSettings
 from vitdetect.errors import VitdetectError
 from vitdetect.labels import CLASS_NAMES
 from vitdetect.network import CONNECT_TIMEOUT_S, unreachable_reason
 from vitdetect.progress import Reporter
-from vitdetect.settings import DownloadSettings
 
 FULL_COUNTS = {"train": 50_000, "test": 10_000}  # images per class in the published CIFAKE
 Counts = dict[str, dict[str, int]]  # split -> class -> images

@@ -18,13 +18,13 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from vitdetect import __version__
+from vitdetect.command_settings import ServeSettings
 from vitdetect.labels import ID2LABEL, POSITIVE_CLASS
 from vitdetect.predict import Detector, Prediction
 from vitdetect.serve.batching import BatchingQueue
 from vitdetect.serve.heatmaps import heatmap_png
 from vitdetect.serve.schemas import ErrorResponse, Health, ImageResult, Limits, ModelInfo, PredictResponse
 from vitdetect.serve.uploads import ApiError, Upload, UploadLimits, read_uploads
-from vitdetect.settings import ServeSettings
 
 log = logging.getLogger("vitdetect.serve")
 STATIC_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}

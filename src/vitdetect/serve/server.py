@@ -8,11 +8,11 @@ from pathlib import Path
 
 import uvicorn
 
+from vitdetect.command_settings import ServeSettings
 from vitdetect.distributed import make_accelerator
 from vitdetect.errors import VitdetectError
 from vitdetect.predict import Detector, default_checkpoint
 from vitdetect.serve.app import create_app
-from vitdetect.settings import ServeSettings
 
 ANNOUNCE_PREFIX = "vitdetect serve: listening on "
 
