@@ -11,7 +11,6 @@ import functools
 import math
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from vitdetect.checkpoint import load_checkpoint
 from vitdetect.data import TensorBatches, keep_batch, load_split_reported, stratified_sample, stratified_split
 from vitdetect.distill import teacher_for, training_loss
 from vitdetect.errors import VitdetectError
+from vitdetect.features import extract_features, single_threaded
 from vitdetect.interrupts import Interrupted, interruption_guard, interruption_message, saved_so_far
 from vitdetect.locking import output_lock
 from vitdetect.metrics import epoch_metrics
@@ -223,42 +223,6 @@ def write_training_figures(output_dir: Path) -> list[Path]:
     return training_figures(output_dir).written
 
 
-def extract_features(
-    model: torch.nn.Module,
-    images: torch.Tensor,
-    prep: Preprocessing,
-    augmentation: torch.nn.Module | None,
-    views: int,
-    settings: TrainSettings,
-    accelerator,
-    reporter: Reporter,
-    description: str,
-) -> torch.Tensor:
-    """The frozen backbone's [CLS] features of every image, once per view: N x D, or N x V x D.
-
-    Processes each compute their shard and the shards are gathered, so every process ends up
-    with all features in image order.
-    """
-    indices = torch.arange(len(images))
-    loader = accelerator.prepare_data_loader(
-        torch.utils.data.DataLoader(TensorBatches(images, indices), batch_size=settings.batch_size,
-                                    collate_fn=keep_batch, pin_memory=accelerator.device.type == "cuda")
-    )
-    hidden = model.config.hidden_size
-    features = torch.empty(len(images), views, hidden, device=accelerator.device)
-    model.eval()
-    with torch.inference_mode(), reporter.task(description, len(images) * views, transient=True) as bar:
-        for view in range(views):
-            for batch, index in loader:
-                pixels = to_model_input(batch, prep, augmentation)
-                with accelerator.autocast():
-                    cls = model.vit(pixel_values=pixels).last_hidden_state[:, 0]
-                cls, index = accelerator.gather_for_metrics((cls.float(), index))
-                features[index, view] = cls
-                bar.advance(len(index))
-    return features if views > 1 else features[:, 0]
-
-
 def make_loader(inputs: torch.Tensor, labels: torch.Tensor, settings: TrainSettings, accelerator, shuffle: bool):
     generator = torch.Generator().manual_seed(settings.seed)
     on_cpu = inputs.device.type == "cpu"
@@ -320,20 +284,6 @@ def run_epoch(
                 log_batch({"epoch": epoch, "step": step, "loss": batch_loss, "accuracy": batch_acc})
             bar.advance(len(gathered[0]), loss=batch_loss, acc=batch_acc)
     return epoch_metrics(*(torch.cat(store).numpy() for store in (labels, predictions, losses)))
-
-
-@contextmanager
-def single_threaded(enabled: bool) -> Iterator[None]:
-    """One intra-op thread while enabled. Training the head on cached features is a few tiny ops per
-    batch; handing them to a second CPU thread costs more than the work (20x more on a busy machine)."""
-    threads = torch.get_num_threads()
-    if enabled:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if enabled:
-            torch.set_num_threads(threads)
 
 
 def epoch_line(row: dict[str, float], epochs: int) -> str:
