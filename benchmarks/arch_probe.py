@@ -1,8 +1,8 @@
 """Early-epoch probe of transformer architectures on CIFAKE's 32x32 images (issue 11's ablation).
 
 Trains one architecture from scratch for a few epochs on vitdetect's seeded 16,000 / 4,000 split of DATA_DIR/train
-(uint8 images through `to_model_input`, random horizontal flip, AdamW with decoupled weight decay on matrices only,
-linear warmup over 10% of --schedule-epochs then cosine, gradient clipping at 1) and prints validation accuracy and
+(uint8 images through `to_model_input`, random horizontal flip, vitdetect's AdamW and schedule: linear warmup
+over 10% of --schedule-epochs then cosine, gradient clipping at 1) and prints validation accuracy and
 seconds per epoch after each epoch; --test also scores the official test split at the end. It answers "does this
 model learn CIFAKE faster than vit-p4-128 per epoch and per second?" before an hour-long `vitdetect train`, and
 prints what each model does to a 32x32 input (the feature maps or tokens each stage sees).
@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from _common import REAL_CIFAKE
 from vitdetect.data import load_split, stratified_split
 from vitdetect.distill import small_cnn
+from vitdetect.optim import make_optimizer, make_scheduler
 from vitdetect.settings import TrainSettings
 from vitdetect.transforms import Preprocessing, build_augmentation, to_model_input
 
@@ -103,19 +104,11 @@ def accuracy(model: torch.nn.Module, logits, images: torch.Tensor, labels: torch
 
 
 def optimizer_and_schedule(model: torch.nn.Module, args: argparse.Namespace, steps_per_epoch: int):
-    matrices = [p for p in model.parameters() if p.ndim > 1]
-    vectors = [p for p in model.parameters() if p.ndim <= 1]
-    optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": args.weight_decay},
-                                   {"params": vectors, "weight_decay": 0.0}], lr=args.lr)
-    total = (args.schedule_epochs or args.epochs) * steps_per_epoch
-    warmup = 0 if args.arch == "cnn" else int(0.1 * total)
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    """vitdetect's own AdamW and warmup + cosine schedule (no warmup for the CNN, as in its one-cycle recipe)."""
+    recipe = TrainSettings(lr=args.lr, weight_decay=args.weight_decay, epochs=args.schedule_epochs or args.epochs,
+                           schedule="cosine", warmup_ratio=0.0 if args.arch == "cnn" else 0.1)
+    optimizer = make_optimizer(model, recipe)
+    return optimizer, make_scheduler(optimizer, recipe, steps_per_epoch)
 
 
 def main() -> None:
