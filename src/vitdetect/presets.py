@@ -31,22 +31,25 @@ def _vit(hidden: int, layers: int, heads: int, mlp: int, image: int, patch: int)
                 image_size=image, patch_size=patch)
 
 
+# Width 128, 6 blocks, 4 heads, MLP 512, 4x4 patches at 32x32: the architecture of the best recipes.
+P4_128 = _vit(128, 6, 4, 512, 32, 4)
+
 PRESETS: dict[str, Preset] = {
     "vit-tiny-32": Preset(_vit(192, 6, 3, 768, 32, 4), "2.7M parameters, CIFAKE's native 32x32 in 4x4 patches"),
     "vit-micro-32": Preset(_vit(32, 2, 2, 64, 32, 8), "tests and smoke runs"),
     "vit-small-224": Preset(_vit(384, 6, 6, 1536, 224, 16), "ViT-B/16's 224 input at a CPU-friendly width"),
     # The 20k-subset recipe without a teacher (README "Model zoo", run B): 0.9094 official-test accuracy.
-    "vit-p4-128": Preset(_vit(128, 6, 4, 512, 32, 4), "1.2M parameters at 32x32 in 4x4 patches, width 128",
+    "vit-p4-128": Preset(P4_128, "1.2M parameters at 32x32 in 4x4 patches, width 128",
                          {**FROM_SCRATCH, "epochs": 24}),
     # B's architecture and recipe taught by the small CNN (vitdetect.distill), without leaving
     # ViTForImageClassification: 0.9210 official-test accuracy (README "Model zoo", run F); 0.9244 with
     # --augment-jpeg 0.5 --augment-blur 0.5 (run G).
-    "vit-p4-128-kd": Preset(_vit(128, 6, 4, 512, 32, 4), "vit-p4-128 distilled from the 288k-parameter CNN",
+    "vit-p4-128-kd": Preset(P4_128, "vit-p4-128 distilled from the 288k-parameter CNN",
                             {**FROM_SCRATCH, "epochs": 24, "distill": True}),
     # G's recipe for the full train split of cifake-full.zip (75k training images): 4.7x the images per epoch,
     # so 8 epochs for teacher and student (already 1.6x F's optimizer steps): 0.9413 official-test accuracy
     # (run H, the built-in detector).
-    "vit-p4-128-kd-full": Preset(_vit(128, 6, 4, 512, 32, 4), "vit-p4-128-kd with robust training, for the full "
+    "vit-p4-128-kd-full": Preset(P4_128, "vit-p4-128-kd with robust training, for the full "
                                  "train split", {**FROM_SCRATCH, "epochs": 8, "distill": True, "teacher_epochs": 8,
                                                  "augment_jpeg": 0.5, "augment_blur": 0.5}),
     "vit-p2-64": Preset(_vit(64, 8, 2, 256, 32, 2), "0.4M parameters at 32x32 in 2x2 patches (256 tokens), width 64"),
