@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ import torch
 from conftest import run_main, user_error
 from vitdetect import train as training
 from vitdetect.checkpoint import load_checkpoint
+from vitdetect.run_artifacts import resume_settings
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -137,6 +139,16 @@ def test_resume_refuses_changes_that_alter_the_run(tmp_path, capsys, evaluated_r
         assert fragment in user_error(run_main(capsys, "train", "--resume", last, *flags), code=code)
     assert "'best' checkpoint; expected a 'last' one" in user_error(
         run_main(capsys, "train", "--resume", evaluated_run / "best_model.pth"), code=1)
+
+
+def test_resume_accepts_the_same_folders_written_another_way(evaluated_run, monkeypatch):
+    """runs/x given again as /abs/runs/x (or the other way round) is the same run, not a change."""
+    saved = load_checkpoint(evaluated_run / "last.pth", kind="last")["settings"]
+    output_dir, data_dir = Path(saved["output_dir"]).resolve(), Path(saved["data_dir"]).resolve()
+    monkeypatch.chdir(output_dir.parent)
+    settings = resume_settings(evaluated_run / "last.pth", {"output_dir": Path(output_dir.name),
+                                                             "data_dir": Path(os.path.relpath(data_dir))})
+    assert settings.output_dir.resolve() == output_dir and settings.data_dir.resolve() == data_dir
 
 
 def test_non_finite_loss_names_epoch_and_batch_and_keeps_the_last_good_checkpoint(

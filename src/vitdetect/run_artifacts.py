@@ -127,7 +127,8 @@ def resume_settings(checkpoint: Path, flags: dict[str, Any]) -> TrainSettings:
     given = {name: value for name, value in flags.items() if value is not None}
     requested = build_settings(TrainSettings, None, **{**base.model_dump(), **given})
     refused = sorted(name for name in given
-                     if getattr(requested, name) != getattr(base, name) and name not in RESUMABLE_CHANGES)
+                     if not same_setting(getattr(requested, name), getattr(base, name))
+                     and name not in RESUMABLE_CHANGES)
     if refused:
         names = ", ".join("--" + name.replace("_", "-") for name in refused)
         raise UsageError(f"cannot change {names} when resuming (the run would mean something else); "
@@ -140,6 +141,13 @@ def resume_settings(checkpoint: Path, flags: dict[str, Any]) -> TrainSettings:
             f"{requested.epochs} (runs with --schedule constant can be extended)"
         )
     return requested
+
+
+def same_setting(requested: Any, saved: Any) -> bool:
+    """Equal settings; paths count as equal when they name the same place (runs/x and /abs/runs/x)."""
+    if isinstance(requested, Path) and isinstance(saved, Path):
+        return requested.resolve() == saved.resolve()
+    return requested == saved
 
 
 def resolved_config(settings: TrainSettings, prep: Preprocessing, trainable: int, total: int,
