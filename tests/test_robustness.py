@@ -19,7 +19,7 @@ from vitdetect.errors import VitdetectError
 from vitdetect.inference import TrainedModel, fake_probabilities
 from vitdetect.perturbations import PERTURBATIONS
 from vitdetect.robustness import row_metrics
-from vitdetect.robustness_results import comparison_table, read_robustness
+from vitdetect.robustness_results import FAMILY_COLOURS, comparison_table, draw_robustness, read_robustness
 
 runner = CliRunner()
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "robust_training.py"
@@ -57,6 +57,23 @@ def test_report_structure_and_table(robustness_run):
     assert "robustness: test split, 30 images" in printed
     for name in ["clean", *PERTURBATIONS]:
         assert f"\n{name} " in printed
+
+
+def test_figure_point_labels_never_overlap_even_when_families_coincide(robustness_run):
+    """Every family at the clean score: the labels at one level are stacked, not drawn over each other."""
+    import matplotlib.pyplot as plt
+
+    report = read_robustness(robustness_run[0] / "robustness.json")
+    for row in report["rows"]:
+        row["accuracy"] = row["roc_auc"] = 0.9
+    figure = plt.figure()
+    draw_robustness(figure, report)
+    renderer = figure.canvas.get_renderer()
+    for ax in figure.axes:
+        boxes = [text.get_window_extent(renderer) for text in ax.texts]
+        assert len(boxes) == sum(row["family"] in FAMILY_COLOURS for row in report["rows"])
+        assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    plt.close(figure)
 
 
 def test_clean_and_lossless_rows_change_nothing(robustness_run):

@@ -14,6 +14,7 @@ ROBUSTNESS_NAME = "robustness.json"
 ROBUSTNESS_FIGURE = "robustness"
 # seaborn's colour-blind palette, one colour per family
 FAMILY_COLOURS = {"jpeg": "#0173b2", "blur": "#de8f05", "downscale": "#029e73", "noise": "#cc78bc"}
+LABEL_GAP = 0.045  # of the axis height: one 7-point label in a 5.5-inch figure, plus a little
 PANELS = (("accuracy", "accuracy", "Accuracy at the checkpoint's threshold"),
           ("roc_auc", "ROC AUC", "ROC AUC (FAKE = positive class)"))
 # The columns of the side-by-side table: row key -> heading.
@@ -58,25 +59,38 @@ def draw_robustness(figure, report: dict[str, Any]) -> None:
         else:
             ax.axhline(clean[key], color=GUIDE, linestyle="--", linewidth=1, label=f"clean: {clean[key]:.4f}")
             ax.scatter([0], [clean[key]], marker="*", s=220, color=GUIDE, zorder=4)
-        for index, family in enumerate(families):
+        for family in families:
             members = [row for row in rows if row["family"] == family]
             levels, values = [0] + [row["level"] for row in members], [clean[key]] + [row[key] for row in members]
             ax.plot(levels, values, marker="o", color=FAMILY_COLOURS[family], linewidth=2,
                     label=f"{members[0]['family_title']}: {', '.join(row['parameter'] for row in members)}")
-            for row in members:
-                # alternate families above and below their points: lines that overlap keep readable labels
-                ax.annotate(row["parameter"], (row["level"], row[key]), textcoords="offset points",
-                            xytext=(4, 4 if index % 2 == 0 else -11), fontsize=7, color=FAMILY_COLOURS[family])
+        label_points(ax, [(row["level"], row[key], row["parameter"], FAMILY_COLOURS[row["family"]])
+                          for row in rows if row["family"] in FAMILY_COLOURS and row[key] is not None])
         for row in rows:
             if row["family"] == "png":
                 ax.scatter([0], [row[key]], marker="o", s=90, facecolors="none", edgecolors="black", zorder=5,
                            label=f"{row['family_title']}: {row[key]:.4f}")
+        ax.set_xlim(-0.25, max(row["level"] for row in rows) + 0.6)  # room for the last level's labels
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(title=title, xlabel="severity level (0 = clean, 1 = mildest)", ylabel=label)
     handles, labels = figure.axes[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside lower center", ncols=2, fontsize="small")
     figure.suptitle(f"Robustness: {report.get('split', '?')} split, {report['n_images']:,}-image stratified sample "
                     f"(seed {report['seed']}), P(FAKE) >= {report['threshold']:.4g} is FAKE", fontweight="bold")
+
+
+def label_points(ax, points: list[tuple[int, float, str, str]]) -> None:
+    """Each point's parameter beside it, on a white box; labels at one level pushed apart so none overlap."""
+    ax.autoscale_view()
+    low, high = ax.get_ylim()
+    gap = LABEL_GAP * (high - low)
+    for level in sorted({point[0] for point in points}):
+        placed = high + gap  # labels go top down, each at least one gap below the one before
+        for _, value, text, colour in sorted((p for p in points if p[0] == level), key=lambda p: -p[1]):
+            placed = min(value, placed - gap)
+            ax.annotate(text, (level, value), xytext=(level + 0.06, placed), fontsize=7, color=colour,
+                        va="center", zorder=6, bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none",
+                                                     "alpha": 0.85})
 
 
 def robustness_table(report: dict[str, Any]):
