@@ -12,7 +12,9 @@ prints what each model does to a 32x32 input (the feature maps or tokens each st
 
 Architectures: vit-p4-128 (the preset), vit-spt (the same ViT on shifted patch tokens, Lee et al. 2021: the image
 and four copies shifted by half a patch, 15 channels), cvt (CvT, conv token embedding at stride 2 per stage), swin
-(2x2 patches, 4x4 windows), mobilevit and levit (convolution-transformer hybrids), cnn (the 288k-parameter peer).
+(2x2 patches, 4x4 windows), mobilevit and levit (convolution-transformer hybrids), pvt-v2-s2 (PVTv2 with overlapping
+3x3 patch embeddings at stride 2 in every stage: the `pvt-v2-32` preset) and pvt-v2 (the same with stride 1 in the
+first stage: 32x32 tokens there), cnn (the 288k-parameter peer).
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ def build(name: str) -> torch.nn.Module:
             num_attention_heads=4, expand_ratio=2.0, **labels))
     if name == "levit":
         return T.LevitForImageClassification(T.LevitConfig(image_size=32, **labels))
+    if name in ("pvt-v2", "pvt-v2-s2"):
+        first_stride = 1 if name == "pvt-v2" else 2
+        return T.PvtV2ForImageClassification(T.PvtV2Config(
+            image_size=32, hidden_sizes=[32, 64, 128, 256], patch_sizes=[3, 3, 3, 3], strides=[first_stride, 2, 2, 2],
+            sr_ratios=[8, 4, 2, 1], num_attention_heads=[1, 2, 4, 8], mlp_ratios=[4, 4, 4, 4], **labels))
     if name == "cnn":
         return small_cnn()
     raise SystemExit(f"error: unknown architecture {name}")

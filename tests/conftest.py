@@ -133,6 +133,17 @@ def user_error(result: tuple[int, str, str], code: int | None = None) -> str:
     return lines[0]
 
 
+def pipeline_p_fake(folder: Path, paths: list[Path]) -> np.ndarray:
+    """P(FAKE) of each image by `transformers.pipeline` on an exported Hugging Face folder."""
+    from transformers import pipeline
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    classifier = pipeline("image-classification", model=str(folder), device="cpu")
+    return np.array([{o["label"]: o["score"] for o in out}["FAKE"] for out in classifier(list(map(str, paths)),
+                                                                                          top_k=2)])
+
+
 @pytest.fixture
 def single_thread(monkeypatch: pytest.MonkeyPatch):
     """Tiny models on a busy 2-core machine: with one thread (here and in subprocesses) torch skips OpenMP

@@ -33,20 +33,13 @@ def planted_images(count: int, rng: np.random.Generator) -> tuple[torch.Tensor, 
     return images.clamp(0, 255).round().to(torch.uint8), labels
 
 
-@pytest.fixture(scope="module")
-def planted():
-    """A tiny ViT (4x4 patches) trained to tell the planted patch; its held-out test images."""
-    from transformers import ViTConfig, ViTForImageClassification
-
+def train_planted(model: torch.nn.Module) -> tuple[TrainedModel, torch.Tensor, torch.Tensor]:
+    """model trained (4 epochs, one thread) to tell the planted patch; its held-out test images."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    torch.manual_seed(0)
     rng = np.random.default_rng(0)
     train_images, train_labels = planted_images(1024, rng)
     test_images, test_labels = planted_images(256, rng)
-    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                       image_size=SIZE, patch_size=4, num_labels=2)
-    model = ViTForImageClassification(config)
     prep = Preprocessing(SIZE, SIZE, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
     for _ in range(4):
@@ -63,14 +56,37 @@ def planted():
     return TrainedModel(model, prep, 0.5, {}), test_images, test_labels
 
 
+@pytest.fixture(scope="module")
+def planted():
+    """A tiny ViT (4x4 patches) trained to tell the planted patch."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    torch.manual_seed(0)
+    config = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       image_size=SIZE, patch_size=4, num_labels=2)
+    return train_planted(ViTForImageClassification(config))
+
+
+@pytest.fixture(scope="module")
+def planted_pyramid():
+    """A tiny PVTv2 (the pvt-v2-32 preset's layout at quarter width) trained to tell the planted patch."""
+    from transformers import PvtV2Config, PvtV2ForImageClassification
+
+    torch.manual_seed(0)
+    config = PvtV2Config(image_size=SIZE, hidden_sizes=[8, 16, 32, 64], patch_sizes=[3, 3, 3, 3],
+                         strides=[2, 2, 2, 2], num_attention_heads=[1, 1, 2, 2], mlp_ratios=[2, 2, 2, 2], num_labels=2)
+    return train_planted(PvtV2ForImageClassification(config))
+
+
 def patch_share(maps: np.ndarray) -> np.ndarray:
     """Share of each heatmap's mass that lies on the planted patch."""
     return maps[:, PATCH].sum(axis=1) / np.maximum(maps.sum(axis=(1, 2)), 1e-12)
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_heatmaps_find_the_planted_patch(planted, method):
-    trained, images, labels = planted
+@pytest.mark.parametrize("model, method", [("planted", "rollout"), ("planted", "gradcam"),
+                                           ("planted_pyramid", "gradcam")])
+def test_heatmaps_find_the_planted_patch(model, method, request):
+    trained, images, labels = request.getfixturevalue(model)
     with torch.no_grad():
         predicted = trained.model(pixel_values=to_model_input(images, trained.prep)).logits.argmax(-1)
     assert (predicted == labels).float().mean() >= 0.95  # the model learned the patch
@@ -84,6 +100,14 @@ def test_heatmaps_find_the_planted_patch(planted, method):
     assert np.median(shares) >= 3 * area
     real = patch_share(heatmaps(trained, images[labels == 0], method))
     assert real.mean() < shares.mean() / 2  # the patch, not a place the method always lights up
+
+
+def test_rollout_needs_a_cls_token_and_says_to_use_gradcam(planted_pyramid):
+    from vitdetect.errors import UsageError
+
+    trained, images, _ = planted_pyramid
+    with pytest.raises(UsageError, match="PvtV2ForImageClassification does not have: use --explain-method gradcam"):
+        heatmaps(trained, images[:1], "rollout")
 
 
 def test_rollout_switches_to_eager_attention_only_for_the_call(planted):

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import torch
 
-from conftest import make_image, random_checkpoint, run_main, user_error
+from conftest import make_image, pipeline_p_fake, random_checkpoint, run_main, user_error
 from vitdetect.command_settings import ExportFormat, ExportSettings
 from vitdetect.export import export
 from vitdetect.inference import TrainedModel
@@ -17,16 +17,6 @@ from vitdetect.transforms import to_model_input
 
 def export_hf(checkpoint, output):
     return export(ExportSettings(checkpoint=checkpoint, output=output, format=ExportFormat.hf))
-
-
-def pipeline_p_fake(folder, paths):
-    from transformers import pipeline
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    classifier = pipeline("image-classification", model=str(folder), device="cpu")
-    return np.array([{o["label"]: o["score"] for o in out}["FAKE"] for out in classifier(list(map(str, paths)),
-                                                                                          top_k=2)])
 
 
 def test_pipeline_gives_predicts_p_fake(tmp_path):

@@ -23,15 +23,18 @@ def test_other_models_keep_the_reference_recipe():
     assert TrainSettings().train_mode == "head" and TrainSettings().lr == 2e-5
 
 
-def test_presets_build_the_vit_they_describe():
-    from vitdetect.model import load_model
+def test_presets_build_the_model_they_describe():
+    from vitdetect.model import input_side, load_model
 
     for name, preset in PRESETS.items():
         if preset.architecture["image_size"] > 64:
             continue  # the 224 preset is slow to build; its config path is the same
         model, _ = load_model(SCRATCH_PREFIX + name)
+        assert model.config.model_type == preset.model_type
+        assert input_side(model) == preset.architecture["image_size"]
         for key, value in preset.architecture.items():
-            assert getattr(model.config, key) == value
+            if key != "image_size":  # PVTv2 stores it as (height, width)
+                assert getattr(model.config, key) == value
 
 
 def test_unknown_preset_is_one_line(capsys, tiny_data, tmp_path):

@@ -9,7 +9,8 @@ batch (Hinton et al. 2015; DeiT, Touvron et al. 2021, distils a convnet into a V
     loss = (1 - alpha) * CE(student, label) + alpha * tau^2 * KL(softmax(teacher / tau) || softmax(student / tau))
 
 Only the training loss changes: validation, early stopping, calibration and the saved model are the student's
-alone, a plain ViTForImageClassification. The CNN is the peer of issue 11 (and benchmarks/bench_accuracy.py).
+alone, a plain transformers model (ViTForImageClassification, or PVTv2 for pvt-v2-32). The CNN is the peer of
+issue 11 (and benchmarks/bench_accuracy.py).
 """
 
 from __future__ import annotations

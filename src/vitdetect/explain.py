@@ -9,7 +9,9 @@ Two methods, both at the model's patch-grid resolution, upsampled to the stored 
 - gradcam (Selvaraju et al., 2017, through the grad-cam package): gradient-weighted activations of the
   input of the last block's attention (its layernorm_before), for the logit margin of the verdict's class
   over the other. The last block's own patch outputs get no gradient (the classifier reads only [CLS]),
-  so its input is the last place patch tokens still carry the verdict's gradient.
+  so its input is the last place patch tokens still carry the verdict's gradient. On a pyramid transformer
+  (PVTv2, which has no [CLS] token and so no rollout) it reads the output of the last stage whose grid is
+  still at least 4x4.
 
 Heatmaps are float32 arrays stretched to [0, 1] per image (all zeros when nothing is found): they say where,
 relative to the rest of the same image, not how much.
@@ -18,7 +20,7 @@ relative to the rest of the same image, not how much.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,13 +53,15 @@ class Explanations:
 def explain_images(
     trained: TrainedModel,
     images: torch.Tensor,
-    method: str = "rollout",
+    method: str | None = None,
     threshold: float | None = None,
     device: torch.device | str = "cpu",
     batch_size: int = EXPLAIN_BATCH,
 ) -> Explanations:
     """Heatmaps for Nx3xSxS uint8 images, explaining each image's verdict at threshold (default: the
-    checkpoint's). One process, no gathering: callable from the main process of a distributed run."""
+    checkpoint's), by method (default: the model's own, see default_method). One process, no gathering: callable
+    from the main process of a distributed run."""
+    method = method or default_method(trained.model)
     check_method(method)
     verdict = _Verdict(trained.temperature, trained.threshold if threshold is None else threshold)
     model = trained.model.to(device).eval()
@@ -73,9 +77,18 @@ def explain_images(
     return Explanations(np.concatenate(maps), fake_probability(torch.cat(logits), trained.temperature))
 
 
-def heatmaps(trained: TrainedModel, images: torch.Tensor, method: str = "rollout", **options) -> np.ndarray:
+def heatmaps(trained: TrainedModel, images: torch.Tensor, method: str | None = None, **options) -> np.ndarray:
     """Only the heatmaps of explain_images()."""
     return explain_images(trained, images, method, **options).heatmaps
+
+
+def default_method(model: torch.nn.Module) -> str:
+    """Attention rollout for a ViT, which has a [CLS] token to follow; Grad-CAM for a model without one (PVTv2)."""
+    return "rollout" if _has_cls_token(model) else "gradcam"
+
+
+def _has_cls_token(model: torch.nn.Module) -> bool:
+    return hasattr(model, "vit")
 
 
 def check_method(method: str) -> None:
@@ -103,6 +116,9 @@ def eager_attention(model: torch.nn.Module) -> Iterator[None]:
 
 def attention_rollout(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """N x g x g: the [CLS] token's rolled-out attention to each patch of the g x g grid; and the logits."""
+    if not _has_cls_token(model):
+        raise UsageError(f"attention rollout follows a ViT's [CLS] token, which {type(model).__name__} does not "
+                         "have: use --explain-method gradcam")
     with torch.no_grad(), eager_attention(model):
         output = model(pixel_values=pixels, output_attentions=True)
     tokens = output.attentions[0].shape[-1]
@@ -132,9 +148,9 @@ def grad_cam(model: torch.nn.Module, pixels: torch.Tensor, verdict: _Verdict) ->
     check_method("gradcam")
     from pytorch_grad_cam import GradCAM
 
-    target_layer = encoder_blocks(model)[-1].layernorm_before
+    target_layer, to_grid = _gradcam_layer(model, pixels.shape[-1])
     try:
-        with torch.enable_grad(), GradCAM(LogitsOnly(model), [target_layer], reshape_transform=_tokens_to_grid) as cam:
+        with torch.enable_grad(), GradCAM(LogitsOnly(model), [target_layer], reshape_transform=to_grid) as cam:
             maps = cam(input_tensor=pixels, targets=[verdict] * len(pixels))
             logits = cam.outputs.detach()
     finally:
@@ -142,11 +158,20 @@ def grad_cam(model: torch.nn.Module, pixels: torch.Tensor, verdict: _Verdict) ->
     return torch.from_numpy(maps), logits
 
 
+def _gradcam_layer(model: torch.nn.Module, side: int) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
+    """The layer Grad-CAM reads on side x side inputs, and how its N x tokens x D output becomes N x D x g x g."""
+    if _has_cls_token(model):
+        return encoder_blocks(model)[-1].layernorm_before, lambda tokens: _tokens_to_grid(tokens[:, 1:])
+    config = model.config  # PVTv2: each stage's tokens are a grid; the last one may be too coarse to show much
+    grids = [side // math.prod(config.strides[:stage + 1]) for stage in range(len(config.strides))]
+    stage = max([i for i, side in enumerate(grids) if side >= 4], default=len(grids) - 1)
+    return model.base_model.encoder.layers[stage].layer_norm, _tokens_to_grid
+
+
 def _tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:
-    """N x (1 + g*g) x D activations -> N x D x g x g, [CLS] dropped: the layout Grad-CAM pools over."""
-    patches = tokens[:, 1:]
-    side = math.isqrt(patches.shape[1])
-    return patches.reshape(len(tokens), side, side, -1).permute(0, 3, 1, 2)
+    """N x (g*g) x D activations -> N x D x g x g: the layout Grad-CAM pools over."""
+    side = math.isqrt(tokens.shape[1])
+    return tokens.reshape(len(tokens), side, side, -1).permute(0, 3, 1, 2)
 
 
 def _patch_grid(values: torch.Tensor) -> torch.Tensor:

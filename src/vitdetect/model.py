@@ -23,7 +23,7 @@ def _label_kwargs() -> dict[str, Any]:
 
 def load_model(spec: str) -> tuple[torch.nn.Module, tuple[tuple[float, ...], tuple[float, ...]]]:
     """The model named by spec with a fresh two-class head, and its normalization (mean, std)."""
-    from transformers import ViTConfig, ViTForImageClassification
+    from transformers import CONFIG_MAPPING, AutoModelForImageClassification, ViTForImageClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # vitdetect shows its own progress
@@ -31,8 +31,9 @@ def load_model(spec: str) -> tuple[torch.nn.Module, tuple[tuple[float, ...], tup
     if name is not None:
         if name not in PRESETS:
             raise UsageError(f"unknown scratch preset '{name}' (choose from {', '.join(sorted(PRESETS))})")
-        config = ViTConfig(**PRESETS[name].architecture, **_label_kwargs())
-        return ViTForImageClassification(config), DEFAULT_MEAN_STD
+        preset = PRESETS[name]
+        config = CONFIG_MAPPING[preset.model_type](**preset.architecture, **_label_kwargs())
+        return AutoModelForImageClassification.from_config(config), DEFAULT_MEAN_STD
     offline_reason = hub_offline_reason(spec)
     try:
         model = ViTForImageClassification.from_pretrained(
@@ -74,6 +75,12 @@ def _mean_std(spec: str, local_only: bool) -> tuple[tuple[float, ...], tuple[flo
         return DEFAULT_MEAN_STD
 
 
+def input_side(model: torch.nn.Module) -> int:
+    """The side of the square input the model was built for (PVTv2 stores image_size as (height, width))."""
+    size = model.config.image_size
+    return int(size if isinstance(size, int) else size[0])
+
+
 def encoder_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
     vit = model.vit
     return vit.layers if hasattr(vit, "layers") else vit.encoder.layer  # transformers 5 / 4
@@ -82,6 +89,9 @@ def encoder_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
 def set_trainable(model: torch.nn.Module, mode: str, last_blocks: int = 2) -> tuple[int, int]:
     """Freeze what the mode keeps fixed; returns (trainable, total) parameter counts."""
     full = mode == TrainMode.full
+    if not full and not hasattr(model, "vit"):
+        raise UsageError(f"--train-mode {mode} freezes a ViT backbone; {type(model).__name__} trains with "
+                         "--train-mode full")
     for parameter in model.parameters():
         parameter.requires_grad = full
     if mode == TrainMode.last_blocks:
@@ -100,10 +110,11 @@ def model_from_config(
     config_dict: dict[str, Any], state_dict: dict[str, torch.Tensor], source: object = None
 ) -> torch.nn.Module:
     """Rebuild a model from a checkpoint's config and weights, with no download; source names it in errors."""
-    from transformers import ViTConfig, ViTForImageClassification
+    from transformers import CONFIG_MAPPING, AutoModelForImageClassification
 
     try:
-        model = ViTForImageClassification(ViTConfig.from_dict(config_dict))
+        config = CONFIG_MAPPING[config_dict.get("model_type", "vit")].from_dict(config_dict)
+        model = AutoModelForImageClassification.from_config(config)
         model.load_state_dict(state_dict)
     except Exception as exc:  # noqa: BLE001 - a damaged or foreign checkpoint fails in many ways
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]

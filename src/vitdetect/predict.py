@@ -120,12 +120,13 @@ class Detector:
                 bar.advance(len(names[chunk]))
         return results
 
-    def explain(self, images: Iterable[ImageSource], method: str = "rollout") -> list[np.ndarray | None]:
+    def explain(self, images: Iterable[ImageSource], method: str | None = None) -> list[np.ndarray | None]:
         """One HxW float heatmap per image (H, W: the stored image size), in order; None where an image
-        cannot be decoded. method: "rollout" (attention rollout) or "gradcam"; see vitdetect.explain."""
+        cannot be decoded. method: "rollout" (attention rollout) or "gradcam"; default: rollout for a ViT,
+        gradcam for a model without [CLS] token (see vitdetect.explain)."""
         return [None if item is None else item.heatmap for item in self.explained(images, method)]
 
-    def explained(self, images: Iterable[ImageSource], method: str = "rollout") -> list[Explained | None]:
+    def explained(self, images: Iterable[ImageSource], method: str | None = None) -> list[Explained | None]:
         """Each image as the model sees it, with its verdict and heatmap; None where it cannot be decoded.
         Runs in this process alone (no gathering), so the main process of a distributed run may call it."""
         if isinstance(self.trained, OnnxModel):

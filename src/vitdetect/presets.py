@@ -21,9 +21,10 @@ FROM_SCRATCH = {"train_mode": "full", "lr": 5e-4, "weight_decay": 0.05, "schedul
 
 @dataclass(frozen=True)
 class Preset:
-    architecture: dict[str, int]  # ViTConfig keys
+    architecture: dict[str, Any]  # the config keys of the transformers model_type below
     summary: str
     recipe: dict[str, Any] = field(default_factory=lambda: dict(FROM_SCRATCH))
+    model_type: str = "vit"  # ViTForImageClassification unless an ablation shows a reason to leave it
 
 
 def _vit(hidden: int, layers: int, heads: int, mlp: int, image: int, patch: int) -> dict[str, int]:
@@ -52,6 +53,16 @@ PRESETS: dict[str, Preset] = {
     "vit-p4-128-kd-full": Preset(P4_128, "vit-p4-128-kd with robust training, for the full "
                                  "train split", {**FROM_SCRATCH, "epochs": 20, "distill": True, "teacher_epochs": 8,
                                                  "augment_jpeg": 0.5, "augment_blur": 0.5}),
+    # A pyramid vision transformer (PVTv2, Wang et al. 2022): overlapping 3x3 convolutional patch embeddings
+    # (stride 2: 16x16, 8x8, 4x4, 2x2 token grids), a 3x3 depthwise convolution in every MLP, spatial-reduction
+    # attention, mean-pooled tokens. The ViT presets see a 32x32 image as 64 disjoint 4x4 patches and must learn
+    # CIFAKE's local pixel cues from them; this one gets the locality a convolution has (README "Model zoo",
+    # runs J and K, and the architecture probes).
+    "pvt-v2-32": Preset(dict(image_size=32, hidden_sizes=[32, 64, 128, 256], patch_sizes=[3, 3, 3, 3],
+                             strides=[2, 2, 2, 2], sr_ratios=[8, 4, 2, 1], num_attention_heads=[1, 2, 4, 8],
+                             mlp_ratios=[4, 4, 4, 4]),
+                        "2.9M parameters, PVTv2 at 32x32: convolutional patch embeddings, pyramid of 4 stages",
+                        {**FROM_SCRATCH, "lr": 2e-3, "epochs": 40, "distill": True}, model_type="pvt_v2"),
     "vit-p2-64": Preset(_vit(64, 8, 2, 256, 32, 2), "0.4M parameters at 32x32 in 2x2 patches (256 tokens), width 64"),
 }
 

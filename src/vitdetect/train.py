@@ -27,7 +27,7 @@ from vitdetect.features import extract_features, single_threaded
 from vitdetect.interrupts import Interrupted, interruption_guard, interruption_message, saved_so_far
 from vitdetect.locking import output_lock
 from vitdetect.metrics import epoch_metrics
-from vitdetect.model import load_model, model_from_config, set_trainable
+from vitdetect.model import input_side, load_model, model_from_config, set_trainable
 from vitdetect.optim import make_optimizer, make_scheduler
 from vitdetect.progress import Reporter
 from vitdetect.run_artifacts import (
@@ -89,7 +89,7 @@ def run_training(settings: TrainSettings, accelerator, reporter: Reporter, resum
     trainable, total = set_trainable(model, settings.train_mode, settings.last_blocks)
     reporter.info(f"model {settings.model}: trainable parameters {trainable:,} of {total:,}")
 
-    prep = Preprocessing(model.config.image_size, int(images.images.shape[-1]), tuple(mean), tuple(std))
+    prep = Preprocessing(input_side(model), int(images.images.shape[-1]), tuple(mean), tuple(std))
     train_idx, val_idx = stratified_split(images.labels, settings.val_fraction, settings.seed)
     if settings.max_images:
         train_idx = train_idx[stratified_sample(images.labels[train_idx], settings.max_images, settings.seed)]
