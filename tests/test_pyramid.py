@@ -45,7 +45,7 @@ def test_a_trained_pyramid_evaluates_and_predicts(trained_run, capsys, tmp_path)
     assert json.loads(out)["label"] in ("REAL", "FAKE")
 
 
-def test_gradcam_runs_on_the_preset_and_rollout_is_refused_in_one_line(trained_run, capsys, tmp_path):
+def test_gradcam_is_the_presets_explanation_and_rollout_is_refused_in_one_line(trained_run, capsys, tmp_path):
     data, results = trained_run
     image = sorted((data / "test" / "REAL").iterdir())[0]
     detector = Detector.from_checkpoint(results / "best_model.pth")
@@ -55,6 +55,10 @@ def test_gradcam_runs_on_the_preset_and_rollout_is_refused_in_one_line(trained_r
     line = user_error(run_main(capsys, "predict", image, "--checkpoint", results / "best_model.pth", "--explain",
                                tmp_path / "maps", "--explain-method", "rollout"))
     assert "use --explain-method gradcam" in line
+    code, _, err = run_main(capsys, "predict", image, "--checkpoint", results / "best_model.pth", "--explain",
+                            tmp_path / "maps")
+    assert code == 0 and "wrote 1 explanation(s) (gradcam)" in err
+    assert [path.name for path in (tmp_path / "maps").iterdir()] == [image.with_suffix(".png").name]
 
 
 @pytest.mark.parametrize("mode", ["head", "last-blocks"])

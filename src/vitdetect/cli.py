@@ -138,7 +138,7 @@ def predict(
     batch_size: int = described(PredictSettings, "batch_size", "--batch-size", "--batch_size"),
     recursive: bool = described(PredictSettings, "recursive", "--recursive/--no-recursive", "-r"),
     explain: Path = described(PredictSettings, "explain", "--explain"),
-    explain_method: ExplainMethod = described(PredictSettings, "explain_method", "--explain-method"),
+    explain_method: ExplainMethod | None = described(PredictSettings, "explain_method", "--explain-method"),
     cpu: bool = described(PredictSettings, "cpu", "--cpu/--no-cpu"),
     quiet: bool = described(PredictSettings, "quiet", "--quiet/--no-quiet", "-q"),
 ) -> None:
@@ -193,7 +193,7 @@ def evaluate(
     set_threshold_at_fpr: float = described(EvaluateSettings, "set_threshold_at_fpr",
                                             "--set-threshold-at-fpr"),
     explain_errors: int = described(EvaluateSettings, "explain_errors", "--explain-errors"),
-    explain_method: ExplainMethod = described(EvaluateSettings, "explain_method", "--explain-method"),
+    explain_method: ExplainMethod | None = described(EvaluateSettings, "explain_method", "--explain-method"),
     format: FigureFormat = described(EvaluateSettings, "format", "--format"),
     robustness: bool = described(EvaluateSettings, "robustness", "--robustness/--no-robustness"),
     perturbations: str = described(EvaluateSettings, "perturbations", "--perturbations"),

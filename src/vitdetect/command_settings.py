@@ -24,7 +24,8 @@ class ExplainMethod(str, Enum):
 
 
 EXPLAIN_METHOD_HELP = ("rollout: attention rollout over all blocks (where the [CLS] token gathers from); gradcam: "
-                       "Grad-CAM on the last block's input (which patches push towards the verdict).")
+                       "Grad-CAM on the last block's input (which patches push towards the verdict); unset: rollout "
+                       "for a ViT, gradcam for a model without [CLS] token (pvt-v2-32).")
 
 
 class _FigureSettings(_Settings):
@@ -55,7 +56,7 @@ class EvaluateSettings(_FigureSettings, _TrackingSettings):
         0, ge=0, le=50, description="Draw errors.png: the N most confident mistakes of each kind (REAL called "
         "FAKE, FAKE called REAL) with their heatmaps; 0: none."
     )
-    explain_method: ExplainMethod = Field(ExplainMethod.rollout, description=EXPLAIN_METHOD_HELP)
+    explain_method: ExplainMethod | None = Field(None, description=EXPLAIN_METHOD_HELP)
     robustness: bool = Field(
         False, description="Also score a sample of the split under the perturbation suite (JPEG, blur, "
         "down-scaling, noise, PNG round trip): robustness.json and robustness.png."
@@ -138,7 +139,7 @@ class PredictSettings(_Settings):
     explain: Path | None = Field(
         None, description="Write one PNG per image into this folder: the image, its heatmap, verdict and P(FAKE)."
     )
-    explain_method: ExplainMethod = Field(ExplainMethod.rollout, description=EXPLAIN_METHOD_HELP)
+    explain_method: ExplainMethod | None = Field(None, description=EXPLAIN_METHOD_HELP)
     cpu: bool = Field(False, description="Run on the CPU even when a GPU is available.")
     quiet: bool = Field(False, description="No progress bar and summary on stderr; only the results.")
 

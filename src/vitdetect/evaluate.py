@@ -62,8 +62,10 @@ def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> Ev
     accelerator = make_accelerator(settings.cpu, **tracking.accelerator_options(settings, output_dir))
     trained = TrainedModel.load(settings.checkpoint)  # a bad checkpoint fails before any folder is touched
     if settings.explain_errors:
-        from vitdetect.explain import check_method
+        from vitdetect.explain import check_method, default_method
 
+        settings = settings.model_copy(update={"explain_method": settings.explain_method
+                                               or default_method(trained.model)})
         check_method(settings.explain_method)
     with ExitStack() as locks:
         for folder in folders_written(settings, output_dir):

@@ -31,7 +31,7 @@ from vitdetect.command_settings import Backend, EvaluateSettings, OutputFormat, 
 from vitdetect.data import decode_images
 from vitdetect.distributed import make_accelerator
 from vitdetect.errors import UsageError, VitdetectError
-from vitdetect.explain import as_picture, check_method, explain_images
+from vitdetect.explain import as_picture, check_method, default_method, explain_images
 from vitdetect.image_files import find_images
 from vitdetect.images import open_image
 from vitdetect.inference import TrainedModel, fake_probabilities
@@ -129,8 +129,7 @@ class Detector:
     def explained(self, images: Iterable[ImageSource], method: str | None = None) -> list[Explained | None]:
         """Each image as the model sees it, with its verdict and heatmap; None where it cannot be decoded.
         Runs in this process alone (no gathering), so the main process of a distributed run may call it."""
-        if isinstance(self.trained, OnnxModel):
-            raise UsageError("explanations need the PyTorch checkpoint: an ONNX file has no attention to read")
+        method = self.explanation_method(method)
         sources = list(images)
         names = [_name(source, index) for index, source in enumerate(sources)]
         decoded, kept, _, _ = self._decode(sources)
@@ -139,6 +138,12 @@ class Detector:
                                   Path(names[index]).name)
                  for index, image, heat, p in zip(kept, decoded, found.heatmaps, found.p_fake, strict=True)}
         return [items.get(index) for index in range(len(sources))]
+
+    def explanation_method(self, method: str | None = None) -> str:
+        """method, or this model's own when None (rollout for a ViT, gradcam without [CLS] token)."""
+        if isinstance(self.trained, OnnxModel):
+            raise UsageError("explanations need the PyTorch checkpoint: an ONNX file has no attention to read")
+        return method or default_method(self.trained.model)
 
     def _decode(self, sources: list[ImageSource]) -> tuple[torch.Tensor, list[int], list[str], list[str | None]]:
         images, kept, failures = decode_images(sources, self.trained.prep.storage_size)
@@ -253,8 +258,8 @@ class PredictRun:
 def run(settings: PredictSettings, patterns: Sequence[str], reporter: Reporter | None = None) -> PredictRun:
     """`vitdetect predict`: find the images, judge them, write --output; the caller prints."""
     found = find_images(patterns, settings.recursive)
-    if settings.explain:
-        check_method(settings.explain_method)
+    if settings.explain and settings.explain_method:
+        check_method(settings.explain_method)  # before any work; the model's own method is checked when known
     if settings.output:
         check_output(settings.output)
     accelerator = make_accelerator(cpu=settings.cpu)
@@ -276,8 +281,9 @@ def run(settings: PredictSettings, patterns: Sequence[str], reporter: Reporter |
         detector = Detector.from_checkpoint(checkpoint, **options)
     results = detector.predict(found.paths)
     if settings.explain and accelerator.is_main_process:
-        written = write_explanations(detector, found.paths, settings.explain, settings.explain_method)
-        reporter.info(f"wrote {written:,} explanation(s) ({settings.explain_method}) to {settings.explain}")
+        method = detector.explanation_method(settings.explain_method)
+        written = write_explanations(detector, found.paths, settings.explain, method)
+        reporter.info(f"wrote {written:,} explanation(s) ({method}) to {settings.explain}")
     if settings.output and accelerator.is_main_process:
         try:
             atomic_write_text(settings.output, render(results, output_format(settings)))

@@ -56,13 +56,15 @@ PRESETS: dict[str, Preset] = {
     # A pyramid vision transformer (PVTv2, Wang et al. 2022): overlapping 3x3 convolutional patch embeddings
     # (stride 2: 16x16, 8x8, 4x4, 2x2 token grids), a 3x3 depthwise convolution in every MLP, spatial-reduction
     # attention, mean-pooled tokens. The ViT presets see a 32x32 image as 64 disjoint 4x4 patches and must learn
-    # CIFAKE's local pixel cues from them; this one gets the locality a convolution has (README "Model zoo",
-    # runs J and K, and the architecture probes).
+    # CIFAKE's local pixel cues from them; this one gets the locality a convolution has. With a reflect-padded
+    # random crop (shifts, no resampling) it reaches 0.9542 official-test accuracy in 49 minutes on 2 CPU cores,
+    # above the small CNN (README "Model zoo", run K; run J without the crop: 0.9460).
     "pvt-v2-32": Preset(dict(image_size=32, hidden_sizes=[32, 64, 128, 256], patch_sizes=[3, 3, 3, 3],
                              strides=[2, 2, 2, 2], sr_ratios=[8, 4, 2, 1], num_attention_heads=[1, 2, 4, 8],
                              mlp_ratios=[4, 4, 4, 4]),
                         "2.9M parameters, PVTv2 at 32x32: convolutional patch embeddings, pyramid of 4 stages",
-                        {**FROM_SCRATCH, "lr": 2e-3, "epochs": 40, "distill": True}, model_type="pvt_v2"),
+                        {**FROM_SCRATCH, "lr": 2e-3, "epochs": 40, "distill": True, "crop_padding": 4},
+                        model_type="pvt_v2"),
     "vit-p2-64": Preset(_vit(64, 8, 2, 256, 32, 2), "0.4M parameters at 32x32 in 2x2 patches (256 tokens), width 64"),
 }
 
