@@ -164,7 +164,7 @@ def _gradcam_layer(model: torch.nn.Module, side: int) -> tuple[torch.nn.Module, 
         return encoder_blocks(model)[-1].layernorm_before, lambda tokens: _tokens_to_grid(tokens[:, 1:])
     config = model.config  # PVTv2: each stage's tokens are a grid; the last one may be too coarse to show much
     grids = [side // math.prod(config.strides[:stage + 1]) for stage in range(len(config.strides))]
-    stage = max([i for i, side in enumerate(grids) if side >= 4], default=len(grids) - 1)
+    stage = max([i for i, grid in enumerate(grids) if grid >= 4], default=len(grids) - 1)
     return model.base_model.encoder.layers[stage].layer_norm, _tokens_to_grid
 
 
