@@ -33,7 +33,7 @@ from vitdetect.data import ImageSet
 from vitdetect.errors import UsageError
 from vitdetect.inference import TrainedModel, fake_probability
 from vitdetect.labels import CLASS_NAMES
-from vitdetect.model import LogitsOnly, encoder_blocks
+from vitdetect.model import LogitsOnly, encoder_blocks, is_vit
 from vitdetect.transforms import to_model_input
 
 METHODS = ("rollout", "gradcam")
@@ -84,11 +84,7 @@ def heatmaps(trained: TrainedModel, images: torch.Tensor, method: str | None = N
 
 def default_method(model: torch.nn.Module) -> str:
     """Attention rollout for a ViT, which has a [CLS] token to follow; Grad-CAM for a model without one (PVTv2)."""
-    return "rollout" if _has_cls_token(model) else "gradcam"
-
-
-def _has_cls_token(model: torch.nn.Module) -> bool:
-    return hasattr(model, "vit")
+    return "rollout" if is_vit(model) else "gradcam"
 
 
 def check_method(method: str) -> None:
@@ -116,7 +112,7 @@ def eager_attention(model: torch.nn.Module) -> Iterator[None]:
 
 def attention_rollout(model: torch.nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """N x g x g: the [CLS] token's rolled-out attention to each patch of the g x g grid; and the logits."""
-    if not _has_cls_token(model):
+    if not is_vit(model):
         raise UsageError(f"attention rollout follows a ViT's [CLS] token, which {type(model).__name__} does not "
                          "have: use --explain-method gradcam")
     with torch.no_grad(), eager_attention(model):
@@ -160,7 +156,7 @@ def grad_cam(model: torch.nn.Module, pixels: torch.Tensor, verdict: _Verdict) ->
 
 def _gradcam_layer(model: torch.nn.Module, side: int) -> tuple[torch.nn.Module, Callable[[torch.Tensor], torch.Tensor]]:
     """The layer Grad-CAM reads on side x side inputs, and how its N x tokens x D output becomes N x D x g x g."""
-    if _has_cls_token(model):
+    if is_vit(model):
         return encoder_blocks(model)[-1].layernorm_before, lambda tokens: _tokens_to_grid(tokens[:, 1:])
     config = model.config  # PVTv2: each stage's tokens are a grid; the last one may be too coarse to show much
     grids = [side // math.prod(config.strides[:stage + 1]) for stage in range(len(config.strides))]

@@ -81,6 +81,11 @@ def input_side(model: torch.nn.Module) -> int:
     return int(size if isinstance(size, int) else size[0])
 
 
+def is_vit(model: torch.nn.Module) -> bool:
+    """A ViTForImageClassification: a [CLS] token and a backbone that the frozen training modes can keep fixed."""
+    return hasattr(model, "vit")
+
+
 def encoder_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
     vit = model.vit
     return vit.layers if hasattr(vit, "layers") else vit.encoder.layer  # transformers 5 / 4
@@ -89,7 +94,7 @@ def encoder_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
 def set_trainable(model: torch.nn.Module, mode: str, last_blocks: int = 2) -> tuple[int, int]:
     """Freeze what the mode keeps fixed; returns (trainable, total) parameter counts."""
     full = mode == TrainMode.full
-    if not full and not hasattr(model, "vit"):
+    if not full and not is_vit(model):
         raise UsageError(f"--train-mode {mode} freezes a ViT backbone; {type(model).__name__} trains with "
                          "--train-mode full")
     for parameter in model.parameters():
