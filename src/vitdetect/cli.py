@@ -145,14 +145,15 @@ def predict(
     """Judge images: REAL or FAKE with P(FAKE). Exit code 0: all judged, 1: some unreadable, 2: bad usage."""
     flags = {k: v for k, v in locals().items() if k != "paths"}
     from vitdetect import predict as predicting
+    from vitdetect import predict_output
 
     settings = build_settings(PredictSettings, None, **flags)
     result = predicting.run(settings, paths or [])
     if result.main_process:
         if settings.format == OutputFormat.table:
-            stdout.print(predicting.results_table(result.results, result.threshold))
+            stdout.print(predict_output.results_table(result.results, result.threshold))
         else:
-            typer.echo(predicting.render(result.results, settings.format), nl=False)
+            typer.echo(predict_output.render(result.results, settings.format), nl=False)
     if result.failed:
         raise typer.Exit(1)
 

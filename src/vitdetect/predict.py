@@ -11,23 +11,18 @@ exported ONNX file runs in ONNX Runtime after the same decoder and `transforms.t
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from rich.table import Table
-from rich.text import Text
 
-from vitdetect.atomic import atomic_write_text, ensure_writable_parent
+from vitdetect.atomic import atomic_write_text
 from vitdetect.builtin import BUILTIN, announcement, is_builtin, resolve_checkpoint
-from vitdetect.command_settings import Backend, EvaluateSettings, OutputFormat, PredictSettings
+from vitdetect.command_settings import Backend, EvaluateSettings, PredictSettings
 from vitdetect.data import decode_images
 from vitdetect.distributed import make_accelerator
 from vitdetect.errors import UsageError, VitdetectError
@@ -35,17 +30,16 @@ from vitdetect.explain import as_picture, check_method, default_method, explain_
 from vitdetect.image_files import find_images
 from vitdetect.images import open_image
 from vitdetect.inference import TrainedModel, fake_probabilities
-from vitdetect.labels import ID2LABEL, POSITIVE_CLASS
+from vitdetect.labels import ID2LABEL
 from vitdetect.metrics import classify
 from vitdetect.onnx_backend import OnnxModel
 from vitdetect.overlays import Explained, write_explanations
+from vitdetect.predict_output import check_output, output_format, render, summary_line
 from vitdetect.progress import Reporter
 
 ImageSource = str | Path | bytes | Image.Image
-FIELDS = ("path", "label", "p_fake", "confidence", "error", "note")
 # An image resized by more than this factor to the stored size is far from what the model was trained on.
 FAR_FROM_TRAINING_SCALE = 2.0
-JSON_SUFFIXES = frozenset({".json", ".jsonl", ".ndjson"})
 DEFAULT_CHUNK = 512  # images decoded and held at once: flat memory on huge folders, a lively bar
 
 
@@ -196,54 +190,6 @@ def _name(source: ImageSource, index: int) -> str:
     raise TypeError(f"cannot judge a {type(source).__name__}: pass a path, bytes or a PIL image")
 
 
-def render(results: Sequence[Prediction], fmt: str) -> str:
-    """The results as CSV (header + one row per image) or JSON lines."""
-    if fmt == OutputFormat.json:
-        return "".join(json.dumps(asdict(result)) + "\n" for result in results)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(asdict(result) for result in results)
-    return buffer.getvalue()
-
-
-def results_table(results: Sequence[Prediction], threshold: float) -> Table:
-    failed = any(not result.ok for result in results)
-    title = f"{len(results):,} image(s), FAKE when P(FAKE) >= {threshold:g}"
-    table = Table(title=title, title_justify="left")
-    table.add_column("path", overflow="fold")  # long paths wrap rather than lose their end
-    for name, justify in (("label", "left"), ("P(FAKE)", "right"), ("confidence", "right")):
-        table.add_column(name, justify=justify, no_wrap=True)
-    noted = any(result.note for result in results)
-    if failed or noted:
-        table.add_column("error / note", overflow="fold")
-    for result in results:
-        if result.ok:
-            colour = "red" if result.label == POSITIVE_CLASS else "green"
-            row = [Text(result.path), Text(result.label, style=colour), f"{result.p_fake:.4f}",
-                   f"{result.confidence:.1%}"]
-            row += [Text(result.note or "", style="yellow")] if failed or noted else []
-        else:
-            row = [Text(result.path), Text("error", style="bold red"), "-", "-", Text(result.error)]
-        table.add_row(*row)
-    return table
-
-
-def output_format(settings: PredictSettings) -> str:
-    """--output gets --format, or for table the format its suffix names (JSON lines or CSV)."""
-    if settings.format != OutputFormat.table:
-        return settings.format
-    suffix = settings.output.suffix.lower() if settings.output else ""
-    return OutputFormat.json if suffix in JSON_SUFFIXES else OutputFormat.csv
-
-
-def check_output(path: Path) -> None:
-    """Fail before any work when --output cannot be written."""
-    if path.is_dir():
-        raise UsageError(f"--output is a folder, not a file: {path}")
-    ensure_writable_parent(path)
-
-
 @dataclass
 class PredictRun:
     results: list[Prediction]
@@ -297,14 +243,3 @@ def default_checkpoint() -> Path | str:
     """results/best_model.pth when a run left one here, else the built-in detector."""
     trained_here = EvaluateSettings.model_fields["checkpoint"].default
     return trained_here if trained_here.exists() else BUILTIN
-
-
-def summary_line(results: Sequence[Prediction]) -> str:
-    labels = [result.label for result in results if result.ok]
-    fake = labels.count(POSITIVE_CLASS)
-    failed = len(results) - len(labels)
-    noted = sum(result.note is not None for result in results)
-    return (f"judged {len(labels):,} of {len(results):,} image(s): {fake:,} FAKE, {len(labels) - fake:,} REAL"
-            + (f"; {noted:,} far from the training images (see note)" if noted else "")
-            + (f"; {failed:,} could not be read (error rows)" if failed else ""))
-
