@@ -2,6 +2,7 @@
 predict from its checkpoint, Grad-CAM, both exports, and one-line refusals where only a ViT will do."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -106,3 +107,33 @@ def test_the_server_explains_a_pyramid_with_its_own_method(trained_run):
         response = client.post("/v1/predict?explain=true", files=multipart(images))
     assert response.status_code == 200, response.text
     assert all(result["heatmap_png"] for result in response.json()["results"])
+
+
+@pytest.fixture
+def without_grad_cam(monkeypatch):
+    """The core install: no `vitdetect[explain]`, so no Grad-CAM (importing it fails)."""
+    monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)
+
+
+def test_predict_explain_without_grad_cam_fails_before_judging(trained_run, without_grad_cam, capsys, tmp_path):
+    data, results = trained_run
+    image = sorted((data / "test" / "REAL").iterdir())[0]
+    line = user_error(run_main(capsys, "predict", image, "--checkpoint", results / "best_model.pth", "--explain",
+                               tmp_path / "maps", "--format", "json"))
+    assert "pip install 'vitdetect[explain]'" in line
+    assert not (tmp_path / "maps").exists() and '"label"' not in capsys.readouterr().out
+
+
+def test_a_server_without_grad_cam_says_it_has_no_explanations(trained_run, without_grad_cam):
+    pytest.importorskip("fastapi")
+    from serve_support import multipart, serving
+
+    data, results = trained_run
+    checkpoint = results / "best_model.pth"
+    images = {path.name: path.read_bytes() for path in sorted((data / "test" / "FAKE").iterdir())[:1]}
+    with serving(Detector.from_checkpoint(checkpoint), checkpoint) as client:
+        assert client.get("/v1/model").json()["explanations"] is False
+        explained = client.post("/v1/predict?explain=true", files=multipart(images))
+        plain = client.post("/v1/predict", files=multipart(images))
+    assert explained.status_code == 400 and "vitdetect[explain]" in explained.json()["error"]
+    assert plain.status_code == 200

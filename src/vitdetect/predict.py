@@ -139,6 +139,14 @@ class Detector:
             raise UsageError("explanations need the PyTorch checkpoint: an ONNX file has no attention to read")
         return method or default_method(self.trained.model)
 
+    def explanations_unavailable(self) -> str | None:
+        """Why explain() with the model's own method cannot run here (one line), or None when it can."""
+        try:
+            check_method(self.explanation_method())
+        except UsageError as exc:
+            return str(exc)
+        return None
+
     def _decode(self, sources: list[ImageSource]) -> tuple[torch.Tensor, list[int], list[str], list[str | None]]:
         images, kept, failures = decode_images(sources, self.trained.prep.storage_size)
         notes = [scale_note(sources[index], self.trained.prep.storage_size) for index in kept]
@@ -225,9 +233,11 @@ def run(settings: PredictSettings, patterns: Sequence[str], reporter: Reporter |
         if is_builtin(checkpoint) and settings.checkpoint is None:
             reporter.info(announcement())
         detector = Detector.from_checkpoint(checkpoint, **options)
+    if settings.explain:
+        method = detector.explanation_method(settings.explain_method)
+        check_method(method)  # the model's own method may need the grad-cam package: fail before judging
     results = detector.predict(found.paths)
     if settings.explain and accelerator.is_main_process:
-        method = detector.explanation_method(settings.explain_method)
         written = write_explanations(detector, found.paths, settings.explain, method)
         reporter.info(f"wrote {written:,} explanation(s) ({method}) to {settings.explain}")
     if settings.output and accelerator.is_main_process:

@@ -83,7 +83,7 @@ def model_info(detector: Detector, settings: ServeSettings) -> ModelInfo:
         parameters=sum(parameter.numel() for parameter in trained.model.parameters()),
         threshold=detector.threshold, temperature=float(payload.get("temperature") or 1.0),
         labels=dict(ID2LABEL), positive_class=POSITIVE_CLASS, preprocessing=trained.prep.to_dict(),
-        metrics=payload.get("metrics") or {}, explanations=True,
+        metrics=payload.get("metrics") or {}, explanations=detector.explanations_unavailable() is None,
         limits=Limits(max_files=settings.max_files, max_upload_mb=settings.max_upload_mb,
                       max_batch=settings.max_batch),
     )
@@ -100,6 +100,8 @@ def add_routes(app: FastAPI) -> None:
     async def predict(request: Request, explain: bool = Query(
             False, description="Add a heatmap of where the model looked to each result (heatmap_png)")):
         service: Service = request.app.state.service
+        if explain and (reason := service.detector.explanations_unavailable()):
+            raise ApiError(400, f"this server gives no explanations: {reason}")
         uploads = await read_uploads(request, service.limits)
         predictions = await service.queue.submit([upload.data for upload in uploads])
         heatmaps = await explain_readable(service, service.detector.explain, uploads, predictions) if explain else {}
