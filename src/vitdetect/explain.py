@@ -96,7 +96,7 @@ def check_method(method: str) -> None:
             import pytorch_grad_cam  # noqa: F401
         except ImportError:
             raise UsageError("Grad-CAM needs the grad-cam package: pip install 'vitdetect[explain]' "
-                             "(or use --explain-method rollout)") from None
+                             "(or, on a ViT, --explain-method rollout)") from None
 
 
 @contextmanager
