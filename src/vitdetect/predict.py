@@ -212,8 +212,6 @@ class PredictRun:
 def run(settings: PredictSettings, patterns: Sequence[str], reporter: Reporter | None = None) -> PredictRun:
     """`vitdetect predict`: find the images, judge them, write --output; the caller prints."""
     found = find_images(patterns, settings.recursive)
-    if settings.explain and settings.explain_method:
-        check_method(settings.explain_method)  # before any work; the model's own method is checked when known
     if settings.output:
         check_output(settings.output)
     accelerator = make_accelerator(cpu=settings.cpu)
