@@ -115,13 +115,15 @@ def without_grad_cam(monkeypatch):
     monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)
 
 
-def test_predict_explain_without_grad_cam_fails_before_judging(trained_run, without_grad_cam, capsys, tmp_path):
+def test_predict_explain_without_grad_cam_fails_before_judging(trained_run, without_grad_cam, capsys, tmp_path,
+                                                               monkeypatch):
     data, results = trained_run
+    monkeypatch.setattr(Detector, "predict", lambda self, images: pytest.fail("judged before checking --explain"))
     image = sorted((data / "test" / "REAL").iterdir())[0]
-    line = user_error(run_main(capsys, "predict", image, "--checkpoint", results / "best_model.pth", "--explain",
-                               tmp_path / "maps", "--format", "json"))
-    assert "pip install 'vitdetect[explain]'" in line
-    assert not (tmp_path / "maps").exists() and '"label"' not in capsys.readouterr().out
+    result = run_main(capsys, "predict", image, "--checkpoint", results / "best_model.pth", "--explain",
+                      tmp_path / "maps", "--format", "json")
+    assert "pip install 'vitdetect[explain]'" in user_error(result, code=2)
+    assert not (tmp_path / "maps").exists() and result[1] == ""
 
 
 def test_a_server_without_grad_cam_says_it_has_no_explanations(trained_run, without_grad_cam):
