@@ -13,6 +13,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach the network
 REAL_CIFAKE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifake"
 
 
+def seed_for_learning_tests(default: int) -> int:
+    """The seed of a test that trains a model and asserts what it learned: its own default in CI, another one from
+    VITDETECT_TEST_SEED when checking that the assertion holds for any seed (README "Development")."""
+    return int(os.environ.get("VITDETECT_TEST_SEED", default))
+
+
 def make_image(label: int, rng: np.random.Generator, size: int = 32) -> Image.Image:
     """A learnable signal: REAL images lean red and smooth, FAKE images lean blue and noisy."""
     base = np.full((size, size, 3), 110.0)

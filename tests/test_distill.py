@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import make_dataset, run_main, user_error
+from conftest import make_dataset, run_main, seed_for_learning_tests, user_error
 from vitdetect.distill import TEACHER_NAME, small_cnn, training_loss
 from vitdetect.settings import TrainSettings
 
@@ -39,7 +39,7 @@ def test_a_student_taught_by_the_teacher_alone_learns_and_stays_a_plain_vit(tmp_
     code, _, err = run_main(capsys, "train", "--data-dir", data, "--output-dir", results, "--model",
                             "scratch:vit-micro-32", "--batch-size", "16", "--epochs", "4", "--lr", "2e-3",
                             "--distill", "--distill-alpha", "1", "--teacher-epochs", "6", "--no-calibration",
-                            "--cache-dir", tmp_path / "cache")
+                            "--cache-dir", tmp_path / "cache", "--seed", seed_for_learning_tests(42))
     assert code == 0, err
     assert "teacher: small CNN, 6 epochs" in err
     saved = torch.load(results / TEACHER_NAME, weights_only=True)

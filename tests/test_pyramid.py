@@ -46,11 +46,11 @@ def test_a_trained_pyramid_evaluates_and_predicts(trained_run, capsys, tmp_path)
     assert json.loads(out)["label"] in ("REAL", "FAKE")
 
 
-def test_gradcam_is_the_presets_explanation_and_rollout_is_refused_in_one_line(trained_run, capsys, tmp_path):
+def test_occlusion_is_the_presets_explanation_and_rollout_is_refused_in_one_line(trained_run, capsys, tmp_path):
     data, results = trained_run
     image = sorted((data / "test" / "REAL").iterdir())[0]
     detector = Detector.from_checkpoint(results / "best_model.pth")
-    maps = detector.explain([image], method="gradcam")
+    maps = detector.explain([image], method="occlusion")
     assert maps[0].shape == (32, 32) and 0 <= maps[0].min() and maps[0].max() <= 1
     np.testing.assert_allclose(detector.explain([image])[0], maps[0], atol=1e-6)  # its default: no rollout here
     line = user_error(run_main(capsys, "predict", image, "--checkpoint", results / "best_model.pth", "--explain",
@@ -58,7 +58,7 @@ def test_gradcam_is_the_presets_explanation_and_rollout_is_refused_in_one_line(t
     assert "use --explain-method gradcam" in line
     code, _, err = run_main(capsys, "predict", image, "--checkpoint", results / "best_model.pth", "--explain",
                             tmp_path / "maps")
-    assert code == 0 and "wrote 1 explanation(s) (gradcam)" in err
+    assert code == 0 and "wrote 1 explanation(s) (occlusion)" in err
     assert [path.name for path in (tmp_path / "maps").iterdir()] == [image.with_suffix(".png").name]
 
 
@@ -111,8 +111,9 @@ def test_the_server_explains_a_pyramid_with_its_own_method(trained_run):
 
 @pytest.fixture
 def without_grad_cam(monkeypatch):
-    """The core install: no `vitdetect[explain]`, so no Grad-CAM (importing it fails)."""
+    """The core install: no `vitdetect[explain]`, so no Grad-CAM or captum (importing them fails)."""
     monkeypatch.setitem(sys.modules, "pytorch_grad_cam", None)
+    monkeypatch.setitem(sys.modules, "captum", None)
 
 
 def test_predict_explain_without_grad_cam_fails_before_judging(trained_run, without_grad_cam, capsys, tmp_path,

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import REAL_CIFAKE
+from conftest import REAL_CIFAKE, seed_for_learning_tests
 from vitdetect.checkpoint import load_checkpoint
 from vitdetect.locking import LOCK_NAME
 from vitdetect.model import load_model, model_from_config
@@ -25,7 +25,7 @@ def settings_for(data_dir, tmp_path, **overrides):
 
 def test_tiny_model_learns_a_learnable_signal(tiny_data, tmp_path, tiny_model_dir):
     settings = settings_for(tiny_data, tmp_path, model=str(tiny_model_dir), train_mode="full", lr=3e-3,
-                            epochs=2, augment=False)
+                            epochs=2, augment=False, seed=seed_for_learning_tests(42))
     result = train(settings)
     assert result.best["val_accuracy"] >= 0.9  # chance is 0.5
     assert result.trainable == result.total

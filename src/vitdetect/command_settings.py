@@ -21,11 +21,13 @@ class FigureFormat(str, Enum):
 class ExplainMethod(str, Enum):
     rollout = "rollout"
     gradcam = "gradcam"
+    occlusion = "occlusion"
 
 
 EXPLAIN_METHOD_HELP = ("rollout: attention rollout over all blocks (where the [CLS] token gathers from); gradcam: "
-                       "Grad-CAM on the last block's input (which patches push towards the verdict); unset: rollout "
-                       "for a ViT, gradcam for a model without [CLS] token (pvt-v2-32).")
+                       "Grad-CAM on the last block's input (which patches push towards the verdict); occlusion: how "
+                       "far the verdict falls when each region is hidden; unset: rollout for a ViT, occlusion for a "
+                       "model without [CLS] token (pvt-v2-32).")
 
 
 class _FigureSettings(_Settings):

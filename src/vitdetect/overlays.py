@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 HEATMAP_COLOURS = "inferno"
 HEATMAP_ALPHA = 0.55
-METHOD_NAMES = {"rollout": "attention rollout", "gradcam": "Grad-CAM"}
+METHOD_NAMES = {"rollout": "attention rollout", "gradcam": "Grad-CAM", "occlusion": "occlusion"}
 
 
 @dataclass(frozen=True)

@@ -116,8 +116,8 @@ class Detector:
 
     def explain(self, images: Iterable[ImageSource], method: str | None = None) -> list[np.ndarray | None]:
         """One HxW float heatmap per image (H, W: the stored image size), in order; None where an image
-        cannot be decoded. method: "rollout" (attention rollout) or "gradcam"; default: rollout for a ViT,
-        gradcam for a model without [CLS] token (see vitdetect.explain)."""
+        cannot be decoded. method: "rollout" (attention rollout), "gradcam" or "occlusion"; default: rollout for a
+        ViT, occlusion for a model without [CLS] token (see vitdetect.explain)."""
         return [None if item is None else item.heatmap for item in self.explained(images, method)]
 
     def explained(self, images: Iterable[ImageSource], method: str | None = None) -> list[Explained | None]:
@@ -134,7 +134,7 @@ class Detector:
         return [items.get(index) for index in range(len(sources))]
 
     def explanation_method(self, method: str | None = None) -> str:
-        """method, or this model's own when None (rollout for a ViT, gradcam without [CLS] token)."""
+        """method, or this model's own when None (rollout for a ViT, occlusion without [CLS] token)."""
         if isinstance(self.trained, OnnxModel):
             raise UsageError("explanations need the PyTorch checkpoint: an ONNX file has no attention to read")
         return method or default_method(self.trained.model)
@@ -233,7 +233,7 @@ def run(settings: PredictSettings, patterns: Sequence[str], reporter: Reporter |
         detector = Detector.from_checkpoint(checkpoint, **options)
     if settings.explain:
         method = detector.explanation_method(settings.explain_method)
-        check_method(method)  # the model's own method may need the grad-cam package: fail before judging
+        check_method(method)  # the model's own method may need grad-cam or captum: fail before judging
     results = detector.predict(found.paths)
     if settings.explain and accelerator.is_main_process:
         written = write_explanations(detector, found.paths, settings.explain, method)

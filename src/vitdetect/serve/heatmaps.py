@@ -1,7 +1,7 @@
 """Explanation heatmaps as small PNGs for JSON: the serving side of `Detector.explain`.
 
 `Detector.explain(images)` returns one HxW float map per image (the model's own method: attention rollout for a
-ViT, Grad-CAM for a model without [CLS] token such as the pvt-v2-32 preset).
+ViT, occlusion for a model without [CLS] token such as the pvt-v2-32 preset).
 """
 
 from __future__ import annotations
