@@ -75,8 +75,8 @@ def save_random_model(preset: str, dest: Path, seed: int = 0) -> Path:
     import torch
     from transformers import ViTConfig, ViTForImageClassification
 
-    from vitdetect.labels import ID2LABEL, LABEL2ID
-    from vitdetect.model import PRESETS
+    from vitdetect.config.labels import ID2LABEL, LABEL2ID
+    from vitdetect.models.build import PRESETS
 
     torch.manual_seed(seed)
     config = ViTConfig(**PRESETS[preset], num_labels=2, id2label=dict(ID2LABEL), label2id=dict(LABEL2ID))
@@ -101,8 +101,8 @@ def vitdetect_split(data_dir: Path):
     """
     import torch
 
-    from vitdetect.data import list_split, stratified_split
-    from vitdetect.settings import TrainSettings
+    from vitdetect.config.settings import TrainSettings
+    from vitdetect.data.dataset import list_split, stratified_split
 
     defaults = TrainSettings()
     listed = list_split(data_dir, "train")

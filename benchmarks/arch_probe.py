@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 
 from _common import REAL_CIFAKE
-from vitdetect.data import load_split, stratified_split
-from vitdetect.distill import small_cnn
-from vitdetect.optim import make_optimizer, make_scheduler
-from vitdetect.settings import TrainSettings
-from vitdetect.transforms import Preprocessing, build_augmentation, to_model_input
+from vitdetect.config.settings import TrainSettings
+from vitdetect.data.dataset import load_split, stratified_split
+from vitdetect.data.transforms import Preprocessing, build_augmentation, to_model_input
+from vitdetect.training.distill import small_cnn
+from vitdetect.training.optim import make_optimizer, make_scheduler
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 PREP = Preprocessing(32, 32, (0.5,) * 3, (0.5,) * 3)

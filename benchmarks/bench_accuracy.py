@@ -28,19 +28,19 @@ import numpy as np
 import torch
 
 from _common import REAL_CIFAKE, machine_accelerator
-from vitdetect.command_settings import EvaluateSettings
-from vitdetect.data import load_split, stratified_split
-from vitdetect.distill import TEACHER_NAME, read_teacher, train_small_cnn
-from vitdetect.evaluate import evaluate
-from vitdetect.settings import TrainSettings
-from vitdetect.train import train
-from vitdetect.transforms import Preprocessing, to_model_input
+from vitdetect.config.commands import EvaluateSettings
+from vitdetect.config.settings import TrainSettings
+from vitdetect.data.dataset import load_split, stratified_split
+from vitdetect.data.transforms import Preprocessing, to_model_input
+from vitdetect.evaluation.evaluator import evaluate
+from vitdetect.training.distill import TEACHER_NAME, read_teacher, train_small_cnn
+from vitdetect.training.trainer import train
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def cnn_side(args: argparse.Namespace, prep: Preprocessing, vit_run: Path) -> tuple[torch.nn.Module, float, str]:
-    """The CNN on vitdetect's training split (vitdetect.distill, the --distill teacher): the model, its training
+    """The CNN on vitdetect's training split (training.distill, the --distill teacher): the model, its training
     wall time and where it came from. A distilled ViT run already trained exactly this CNN (same split, seed and
     recipe) as its teacher: that one is scored instead of training it a second time."""
     teacher = vit_run / TEACHER_NAME

@@ -4,7 +4,7 @@ baseline: the reference pipeline written out plainly: torchvision ImageFolder wi
 (Resize(224), RandomHorizontalFlip, RandomRotation(10), ColorJitter(0.2, 0.2, 0.2, 0.05), ToTensor,
 Normalize(0.5)), DataLoader with 2 workers, the frozen backbone run on every batch of every epoch,
 validation every epoch, the best model saved when the validation loss improves.
-vitdetect: `vitdetect.train.train` in head-only mode with its defaults (feature cache, one augmented
+vitdetect: `vitdetect.training.trainer.train` in head-only mode with its defaults (feature cache, one augmented
 view), the same model, images, train/validation split, epochs, batch size and optimizer.
 
 Both start from one random-init scratch:vit-small-224 (hidden 384, 6 layers, 16x16 patches, 224 input)
@@ -63,7 +63,7 @@ def baseline(args: argparse.Namespace, work_dir: Path) -> dict:
     from torchvision import transforms as T
     from transformers import ViTForImageClassification
 
-    from vitdetect.labels import LABEL2ID
+    from vitdetect.config.labels import LABEL2ID
 
     output_dir = fresh_dir(work_dir, "baseline")
     listed, train_idx, val_idx = vitdetect_split(work_dir / SUBSET_NAME)
@@ -117,8 +117,8 @@ def baseline(args: argparse.Namespace, work_dir: Path) -> dict:
 
 
 def vitdetect_side(args: argparse.Namespace, work_dir: Path) -> dict:
-    from vitdetect.settings import TrainSettings
-    from vitdetect.train import train
+    from vitdetect.config.settings import TrainSettings
+    from vitdetect.training.trainer import train
 
     import_vitdetect_dependencies()
 

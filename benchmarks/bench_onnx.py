@@ -2,7 +2,7 @@
 
     python benchmarks/bench_onnx.py --checkpoint results/best_model.pth
 
-The checkpoint is exported with `vitdetect.export` into a temp dir (or --onnx names an exported file).
+The checkpoint is exported with `vitdetect.export.exporter` into a temp dir (or --onnx names an exported file).
 Both sides are `Detector`s with the same batch size and thread count (ONNX Runtime gets torch's, so
 OMP_NUM_THREADS sets both): `Detector.from_checkpoint` (PyTorch) and `Detector.from_onnx` (ONNX Runtime).
 Two measurements, sides alternating --repeats times in one process, best time counts:
@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from _common import REAL_CIFAKE, print_ratio, spread_sample, timer
-from vitdetect.command_settings import ExportSettings, PredictSettings
-from vitdetect.data import decode_images, list_split
-from vitdetect.distributed import make_accelerator
-from vitdetect.export import export
-from vitdetect.inference import fake_probabilities
-from vitdetect.predict import Detector
+from vitdetect.config.commands import ExportSettings, PredictSettings
+from vitdetect.data.dataset import decode_images, list_split
+from vitdetect.export.exporter import export
+from vitdetect.inference.detector import Detector
+from vitdetect.inference.scoring import fake_probabilities
+from vitdetect.utils.distributed import make_accelerator
 
 TARGET = 1.0  # ONNX Runtime should be at least as fast as PyTorch
 

@@ -68,10 +68,10 @@ def baseline(args: argparse.Namespace, work_dir: Path) -> dict:
 
 
 def vitdetect_side(args: argparse.Namespace, work_dir: Path) -> dict:
-    from vitdetect.data import load_split
-    from vitdetect.settings import TrainSettings
-    from vitdetect.train import make_accelerator
-    from vitdetect.transforms import Preprocessing, build_augmentation, to_model_input
+    from vitdetect.config.settings import TrainSettings
+    from vitdetect.data.dataset import load_split
+    from vitdetect.data.transforms import Preprocessing, build_augmentation, to_model_input
+    from vitdetect.training.trainer import make_accelerator
 
     with timer() as decode:
         decoded = load_split(work_dir / SUBSET_NAME, "train", None)
@@ -102,7 +102,7 @@ def vitdetect_side(args: argparse.Namespace, work_dir: Path) -> dict:
 
 def epochs_of_batches(images, labels, epochs: int, settings, accelerator) -> Iterator:
     """The uint8 image batches of vitdetect's training DataLoader, epoch after epoch."""
-    from vitdetect.train import make_loader
+    from vitdetect.training.trainer import make_loader
 
     loader = accelerator.prepare(make_loader(images, labels, settings, accelerator, shuffle=True))
     for epoch in range(epochs):

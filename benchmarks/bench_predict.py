@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from _common import REAL_CIFAKE, print_ratio, spread_sample, timer
-from vitdetect.checkpoint import save_pretrained_dir
-from vitdetect.command_settings import PredictSettings
-from vitdetect.data import list_split
-from vitdetect.distributed import make_accelerator
-from vitdetect.labels import POSITIVE_CLASS
-from vitdetect.predict import Detector
+from vitdetect.config.commands import PredictSettings
+from vitdetect.config.labels import POSITIVE_CLASS
+from vitdetect.data.dataset import list_split
+from vitdetect.inference.detector import Detector
+from vitdetect.models.checkpoint import save_pretrained_dir
+from vitdetect.utils.distributed import make_accelerator
 
 TARGET = 1.5
 

@@ -2,7 +2,7 @@
 
 baseline: transformers.Trainer over a torch Dataset of PIL-preprocessed tensors (Resize, ToTensor,
 Normalize(0.5), done before the clock starts), default data collator, no evaluation, no saving.
-vitdetect: `vitdetect.train.train` in full mode: uint8 batches, `to_model_input` per batch.
+vitdetect: `vitdetect.training.trainer.train` in full mode: uint8 batches, `to_model_input` per batch.
 
 Same random-init model (a vitdetect preset saved with save_pretrained), same training images (vitdetect's
 seeded 80/20 split), batch size, epochs, AdamW (lr, weight decay 0.01), constant schedule, gradient
@@ -43,7 +43,7 @@ TARGET = 1.0
 
 
 def parser() -> argparse.ArgumentParser:
-    from vitdetect.model import PRESETS
+    from vitdetect.models.build import PRESETS
 
     parser = base_parser(__doc__.splitlines()[0], ["baseline", "vitdetect"], images=640, repeats=2)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="vit-tiny-32")
@@ -93,9 +93,9 @@ def baseline(args: argparse.Namespace, work_dir: Path) -> dict:
 
 
 def vitdetect_side(args: argparse.Namespace, work_dir: Path) -> dict:
-    from vitdetect.progress import Reporter
-    from vitdetect.settings import TrainSettings
-    from vitdetect.train import train
+    from vitdetect.config.settings import TrainSettings
+    from vitdetect.training.trainer import train
+    from vitdetect.utils.progress import Reporter
 
     import_vitdetect_dependencies()
 

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from vitdetect.errors import VitdetectError
-from vitdetect.robustness_results import ROBUSTNESS_NAME, comparison_table, read_robustness
+from vitdetect.reports.robustness import ROBUSTNESS_NAME, comparison_table, read_robustness
 
 REAL_CIFAKE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifake"
 NAMES = ("without", "with")  # robust-training augmentations

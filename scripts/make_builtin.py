@@ -1,6 +1,6 @@
 """Package a trained checkpoint as vitdetect's built-in detector (maintainers only).
 
-Writes src/vitdetect/weights/detector.pth (the model's weights in fp16, weights-only loadable, no optimizer
+Writes src/vitdetect/models/weights/detector.pth (the model's weights in fp16, weights-only loadable, no optimizer
 state) and detector.json (the card: model, training command and data, the numbers below). The numbers are
 measured on the packaged fp16 weights themselves, by the same scoring `vitdetect evaluate` uses: the full
 official test split, and the fixed seeded 2,000-image sample that tests/test_builtin.py checks.
@@ -18,20 +18,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vitdetect.atomic import atomic_torch_save, atomic_write_text
-from vitdetect.builtin import CARD_NAME, WEIGHTS_NAME, builtin_dir
-from vitdetect.checkpoint import load_checkpoint
-from vitdetect.data import load_split
-from vitdetect.inference import TrainedModel, fake_probabilities
-from vitdetect.labels import CLASS_NAMES
-from vitdetect.metrics import detector_metrics
+from vitdetect.config.labels import CLASS_NAMES
+from vitdetect.data.dataset import load_split
+from vitdetect.inference.scoring import TrainedModel, fake_probabilities
+from vitdetect.models.builtin import CARD_NAME, WEIGHTS_NAME, builtin_dir
+from vitdetect.models.checkpoint import load_checkpoint
+from vitdetect.reports.metrics import detector_metrics
+from vitdetect.utils.atomic import atomic_torch_save, atomic_write_text
 
 SAMPLE_SIZE, SAMPLE_SEED = 2000, 0
 
 
 def official_test_sample(labels: torch.Tensor) -> np.ndarray:
     """The fixed stratified sample of the official test split the card and its test use."""
-    from vitdetect.data import stratified_sample
+    from vitdetect.data.dataset import stratified_sample
 
     return stratified_sample(labels, SAMPLE_SIZE, SAMPLE_SEED)
 

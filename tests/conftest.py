@@ -45,9 +45,9 @@ def random_checkpoint(path: Path, seed: int = 0, **extra) -> Path:
     (threshold, temperature, ...) in its payload."""
     import torch
 
-    from vitdetect.checkpoint import model_payload, save_checkpoint
-    from vitdetect.model import load_model
-    from vitdetect.transforms import Preprocessing
+    from vitdetect.data.transforms import Preprocessing
+    from vitdetect.models.build import load_model
+    from vitdetect.models.checkpoint import model_payload, save_checkpoint
 
     torch.manual_seed(seed)
     model, (mean, std) = load_model("scratch:vit-micro-32")

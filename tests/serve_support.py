@@ -9,7 +9,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 
 from conftest import make_image
-from vitdetect.command_settings import ServeSettings
+from vitdetect.config.commands import ServeSettings
 from vitdetect.serve.app import create_app
 
 

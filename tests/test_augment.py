@@ -9,11 +9,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import vitdetect.data.transforms as transforms
 from conftest import run_main, user_error
 from test_perturbations import photo_like, psnr
-from vitdetect import transforms
 from vitdetect.cli import app
-from vitdetect.transforms import build_augmentation
+from vitdetect.data.transforms import build_augmentation
 
 runner = CliRunner()
 

@@ -22,21 +22,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+import vitdetect.models.checkpoint as checkpoints
 from conftest import make_dataset, make_image, run_main, user_error
-from vitdetect import checkpoint as checkpoints
-from vitdetect.checkpoint import load_checkpoint
-from vitdetect.command_settings import DownloadSettings, EvaluateSettings, PredictSettings
-from vitdetect.images import ImageDecodeError, decode_rgb
-from vitdetect.locking import LOCK_NAME
-from vitdetect.model import PRESETS
-from vitdetect.settings import TrainSettings
+from vitdetect.config.commands import DownloadSettings, EvaluateSettings, PredictSettings
+from vitdetect.config.settings import TrainSettings
+from vitdetect.data.decode import ImageDecodeError, decode_rgb
+from vitdetect.models.build import PRESETS
+from vitdetect.models.checkpoint import load_checkpoint
+from vitdetect.utils.locking import LOCK_NAME
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def files_left(directory):
     """Every file and folder under directory, hidden ones included (relative paths), but the empty lock file
-    that stays in a folder a command has held (vitdetect.locking)."""
+    that stays in a folder a command has held (vitdetect.utils.locking)."""
     if not directory.exists():
         return []
     return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.name != LOCK_NAME)
@@ -353,10 +353,10 @@ def test_the_decoder_returns_rgb_or_a_decode_error_for_any_bytes(data, size):
 
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory):
-    from vitdetect.checkpoint import model_payload, save_checkpoint
-    from vitdetect.model import load_model
-    from vitdetect.predict import Detector
-    from vitdetect.transforms import Preprocessing
+    from vitdetect.data.transforms import Preprocessing
+    from vitdetect.inference.detector import Detector
+    from vitdetect.models.build import load_model
+    from vitdetect.models.checkpoint import model_payload, save_checkpoint
 
     model, (mean, std) = load_model("scratch:vit-micro-32")
     path = tmp_path_factory.mktemp("detector") / "best_model.pth"

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from conftest import REAL_CIFAKE, make_image, run_main, user_error
-from vitdetect.builtin import BUILTIN, builtin_card, builtin_checkpoint
-from vitdetect.checkpoint import load_checkpoint
-from vitdetect.predict import Detector
+from vitdetect.inference.detector import Detector
+from vitdetect.models.builtin import BUILTIN, builtin_card, builtin_checkpoint
+from vitdetect.models.checkpoint import load_checkpoint
 
 MAX_PACKAGED_MB = 15
 
@@ -48,7 +48,7 @@ def test_evaluate_builtin_writes_under_results_builtin(tmp_path, monkeypatch, ca
 @pytest.mark.skipif(not REAL_CIFAKE.is_dir(), reason="real CIFAKE not found at ../shared/data/cifake")
 def test_builtin_reproduces_its_card_on_the_fixed_test_sample(tmp_path):
     """A changed decoder, preprocessing or weight file cannot pass silently: the card's sample accuracy, exactly."""
-    from vitdetect.data import list_split, stratified_sample
+    from vitdetect.data.dataset import list_split, stratified_sample
 
     card = builtin_card()["metrics"]["official_test_sample"]
     listed = list_split(REAL_CIFAKE, "test")

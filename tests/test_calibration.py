@@ -10,21 +10,21 @@ import pytest
 import torch
 
 from conftest import make_dataset, run_main, user_error
-from vitdetect.calibration import (
+from vitdetect.data.dataset import load_split
+from vitdetect.data.transforms import Preprocessing, to_model_input
+from vitdetect.evaluation.calibration import (
     MIN_TEMPERATURE,
     fit_temperature,
     fold_temperature,
     nll,
     remap_threshold,
 )
-from vitdetect.checkpoint import load_checkpoint, model_payload, save_checkpoint, save_pretrained_dir
-from vitdetect.data import load_split
-from vitdetect.inference import TrainedModel, fake_probabilities, model_logits
-from vitdetect.metrics import read_predictions
-from vitdetect.model import load_model
-from vitdetect.plots import draw_calibration
-from vitdetect.predict import Detector
-from vitdetect.transforms import Preprocessing, to_model_input
+from vitdetect.inference.detector import Detector
+from vitdetect.inference.scoring import TrainedModel, fake_probabilities, model_logits
+from vitdetect.models.build import load_model
+from vitdetect.models.checkpoint import load_checkpoint, model_payload, save_checkpoint, save_pretrained_dir
+from vitdetect.reports.metrics import read_predictions
+from vitdetect.reports.plots import draw_calibration
 
 
 def calibrated_logits(n: int, temperature: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,7 +4,8 @@ import torch
 from PIL import Image
 
 from conftest import make_dataset
-from vitdetect.data import (
+from vitdetect.config.labels import ID2LABEL, LABEL2ID
+from vitdetect.data.dataset import (
     TensorBatches,
     list_split,
     load_split,
@@ -12,7 +13,6 @@ from vitdetect.data import (
     stratified_split,
 )
 from vitdetect.errors import VitdetectError
-from vitdetect.labels import ID2LABEL, LABEL2ID
 
 
 def test_labels_are_explicit_not_alphabetical():

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_dataset, run_main, seed_for_learning_tests, user_error
-from vitdetect.distill import TEACHER_NAME, small_cnn, training_loss
-from vitdetect.settings import TrainSettings
+from vitdetect.config.settings import TrainSettings
+from vitdetect.training.distill import TEACHER_NAME, small_cnn, training_loss
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -23,9 +23,9 @@ from typer.testing import CliRunner
 
 from conftest import make_dataset
 from vitdetect.cli import app
-from vitdetect.data import list_split, stratified_split
-from vitdetect.labels import CLASS_NAMES
-from vitdetect.locking import LOCK_NAME, output_lock
+from vitdetect.config.labels import CLASS_NAMES
+from vitdetect.data.dataset import list_split, stratified_split
+from vitdetect.utils.locking import LOCK_NAME, output_lock
 
 pytestmark = pytest.mark.slow
 LAUNCH_TIMEOUT_S = 240
@@ -181,8 +181,8 @@ def test_two_process_evaluation_of_101_images_matches_one_process(two_process_ru
 EARLY_STOP_SCRIPT = """
 import json, os, sys
 from pathlib import Path
-from vitdetect.settings import TrainSettings
-from vitdetect.train import train
+from vitdetect.config.settings import TrainSettings
+from vitdetect.training.trainer import train
 
 result = train(TrainSettings(**json.loads(sys.argv[1])))
 report = {"epoch": result.state.epoch, "stopped_early": result.stopped_early,

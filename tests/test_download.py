@@ -427,12 +427,12 @@ def test_huggingface_hub_failures_give_one_line(tmp_path: Path, status, message)
 
 def test_disk_full_gives_one_line_and_puts_nothing_in_place(tmp_path: Path, cifake_zip: Path, capsys,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    import vitdetect.archive
+    import vitdetect.data.download.archive
 
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(vitdetect.archive.shutil, "copyfileobj", no_space)
+    monkeypatch.setattr(vitdetect.data.download.archive.shutil, "copyfileobj", no_space)
     dest = tmp_path / "data"
     code, _, err = run(["download", "--from-zip", str(cifake_zip), "--dest", str(dest), *SMALL], capsys)
     assert code == 1 and "disk full" in err and len(error_lines(err)) == 1

@@ -14,12 +14,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vitdetect.checkpoint import load_checkpoint
 from vitdetect.cli import app
-from vitdetect.images import decode_rgb
-from vitdetect.inference import TrainedModel
-from vitdetect.locking import LOCK_NAME
-from vitdetect.transforms import to_model_input
+from vitdetect.data.decode import decode_rgb
+from vitdetect.data.transforms import to_model_input
+from vitdetect.inference.scoring import TrainedModel
+from vitdetect.models.checkpoint import load_checkpoint
+from vitdetect.utils.locking import LOCK_NAME
 
 runner = CliRunner()
 FIGURES = ("confusion_matrix", "roc_curve", "pr_curve", "score_histogram", "calibration")
@@ -35,7 +35,7 @@ def read_rows(path):
 
 
 def recompute_metrics(predictions_path, threshold, bins=15, targets=(0.01, 0.05)):
-    """Every metric again from predictions.csv alone, by routes independent of vitdetect.metrics."""
+    """Every metric again from predictions.csv alone, by routes independent of vitdetect.reports.metrics."""
     from sklearn import metrics as skm
 
     rows = read_rows(predictions_path)

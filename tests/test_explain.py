@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import make_dataset, run_main, seed_for_learning_tests, user_error
-from vitdetect.checkpoint import model_payload, save_checkpoint
-from vitdetect.explain import METHODS, confident_mistakes, explain_images, heatmaps
-from vitdetect.inference import TrainedModel, fake_probabilities
-from vitdetect.model import load_model
-from vitdetect.predict import Detector
-from vitdetect.transforms import Preprocessing, to_model_input
+from vitdetect.data.transforms import Preprocessing, to_model_input
+from vitdetect.inference.detector import Detector
+from vitdetect.inference.explain import METHODS, confident_mistakes, explain_images, heatmaps
+from vitdetect.inference.scoring import TrainedModel, fake_probabilities
+from vitdetect.models.build import load_model
+from vitdetect.models.checkpoint import model_payload, save_checkpoint
 
 SIZE, TOP, LEFT, SIDE = 32, 4, 20, 8  # the planted patch: 8x8 pixels (2x2 of the model's 4x4 patches)
 PATCH = np.zeros((SIZE, SIZE), dtype=bool)

@@ -8,11 +8,11 @@ import numpy as np
 import torch
 
 from conftest import make_image, pipeline_p_fake, random_checkpoint, run_main, user_error
-from vitdetect.command_settings import ExportFormat, ExportSettings
-from vitdetect.export import export
-from vitdetect.inference import TrainedModel
-from vitdetect.predict import Detector
-from vitdetect.transforms import to_model_input
+from vitdetect.config.commands import ExportFormat, ExportSettings
+from vitdetect.data.transforms import to_model_input
+from vitdetect.export.exporter import export
+from vitdetect.inference.detector import Detector
+from vitdetect.inference.scoring import TrainedModel
 
 
 def export_hf(checkpoint, output):

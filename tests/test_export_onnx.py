@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from conftest import REAL_CIFAKE, make_image, random_checkpoint, run_main, user_error
-from vitdetect.command_settings import ExportSettings
-from vitdetect.data import list_split
+from vitdetect.config.commands import ExportSettings
+from vitdetect.data.dataset import list_split
+from vitdetect.data.transforms import to_model_input
 from vitdetect.errors import VitdetectError
-from vitdetect.export import export
-from vitdetect.inference import TrainedModel
-from vitdetect.predict import Detector
-from vitdetect.transforms import to_model_input
+from vitdetect.export.exporter import export
+from vitdetect.inference.detector import Detector
+from vitdetect.inference.scoring import TrainedModel
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")

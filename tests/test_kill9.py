@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from vitdetect.checkpoint import BEST_NAME, LAST_NAME, PRETRAINED_DIR_NAME, load_checkpoint
-from vitdetect.locking import LOCK_NAME
-from vitdetect.model import model_from_config
+from vitdetect.models.build import model_from_config
+from vitdetect.models.checkpoint import BEST_NAME, LAST_NAME, PRETRAINED_DIR_NAME, load_checkpoint
+from vitdetect.utils.locking import LOCK_NAME
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 KILLS = 4

@@ -13,11 +13,11 @@ import time
 import pytest
 
 from conftest import run_main, user_error
-from vitdetect.checkpoint import load_checkpoint
-from vitdetect.locking import HOLDER_NAME, LOCK_NAME, FolderInUse, output_lock
+from vitdetect.models.checkpoint import load_checkpoint
+from vitdetect.utils.locking import HOLDER_NAME, LOCK_NAME, FolderInUse, output_lock
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-HOLD = "import sys, time\nfrom vitdetect.locking import output_lock\nwith output_lock(sys.argv[1]):\n" \
+HOLD = "import sys, time\nfrom vitdetect.utils.locking import output_lock\nwith output_lock(sys.argv[1]):\n" \
        "    print('held', flush=True)\n    time.sleep(600)\n"
 
 

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vitdetect.metrics import (
+from vitdetect.reports.metrics import (
     classify,
     detector_metrics,
     epoch_metrics,

@@ -3,7 +3,7 @@ import os
 import pytest
 
 from vitdetect.errors import UsageError, VitdetectError
-from vitdetect.model import PRESETS, encoder_blocks, load_model, set_trainable
+from vitdetect.models.build import PRESETS, encoder_blocks, load_model, set_trainable
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import run_main, user_error
 from vitdetect.errors import VitdetectError
-from vitdetect.locking import HOLDER_NAME, LOCK_NAME
-from vitdetect.run_artifacts import prepare_output_dir
+from vitdetect.training.artifacts import prepare_output_dir
+from vitdetect.utils.locking import HOLDER_NAME, LOCK_NAME
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

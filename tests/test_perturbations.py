@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vitdetect.command_settings import EvaluateSettings
+from vitdetect.config.commands import EvaluateSettings
+from vitdetect.data.perturbations import FAMILIES, PERTURBATIONS, SUITE, resolve_suite
 from vitdetect.errors import UsageError
-from vitdetect.perturbations import FAMILIES, PERTURBATIONS, SUITE, resolve_suite
 
 
 def photo_like(count: int = 6, size: int = 48, seed: int = 0) -> torch.Tensor:

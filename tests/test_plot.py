@@ -9,7 +9,7 @@ import numpy as np
 from typer.testing import CliRunner
 
 from vitdetect.cli import app
-from vitdetect.plots import fractional_epochs, moving_average
+from vitdetect.reports.plots import fractional_epochs, moving_average
 
 runner = CliRunner()
 TRAINING = ("epoch_training_curves", "batch_training_curves")

@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 
 from conftest import make_image, random_checkpoint
-from vitdetect.checkpoint import save_checkpoint
 from vitdetect.cli import main
-from vitdetect.data import load_split
-from vitdetect.images import ImageDecodeError, decode_rgb
-from vitdetect.inference import TrainedModel, fake_probabilities
-from vitdetect.predict import Detector, find_images
+from vitdetect.data.dataset import load_split
+from vitdetect.data.decode import ImageDecodeError, decode_rgb
+from vitdetect.inference.detector import Detector, find_images
+from vitdetect.inference.scoring import TrainedModel, fake_probabilities
+from vitdetect.models.checkpoint import save_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_decoder_handles_each_kind_as_expected(tmp_path):
 
 
 def test_decompression_bombs_are_refused_in_parallel_threads(tmp_path, monkeypatch):
-    from vitdetect.data import decode_images
+    from vitdetect.data.dataset import decode_images
 
     Image.new("RGB", (40, 40)).save(tmp_path / "warned.png")  # 1,600 px: over the limit (a warning)
     Image.new("RGB", (64, 64)).save(tmp_path / "refused.png")  # 4,096 px: over twice the limit (an error)
@@ -145,7 +145,7 @@ def test_p_fake_equals_the_scoring_evaluate_uses(detector, checkpoint, tiny_data
 
 
 def test_p_fake_equals_evaluate_predictions_csv(checkpoint, tiny_data, tmp_path, capsys):
-    pytest.importorskip("vitdetect.evaluate")
+    pytest.importorskip("vitdetect.evaluation.evaluator")
     with pytest.raises(SystemExit) as exit:
         main(["evaluate", "--checkpoint", str(checkpoint), "--data-dir", str(tiny_data), "--output-dir",
               str(tmp_path / "eval"), "--cache-dir", str(tmp_path / "cache"), "--quiet"])

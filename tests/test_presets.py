@@ -1,8 +1,8 @@
 import pytest
 
 from conftest import run_main, user_error
-from vitdetect.presets import PRESETS, SCRATCH_PREFIX, recipe_for
-from vitdetect.settings import TrainSettings
+from vitdetect.config.presets import PRESETS, SCRATCH_PREFIX, recipe_for
+from vitdetect.config.settings import TrainSettings
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -24,7 +24,7 @@ def test_other_models_keep_the_reference_recipe():
 
 
 def test_presets_build_the_model_they_describe():
-    from vitdetect.model import input_side, load_model
+    from vitdetect.models.build import input_side, load_model
 
     for name, preset in PRESETS.items():
         if preset.architecture["image_size"] > 64:
@@ -46,7 +46,7 @@ def test_unknown_preset_is_one_line(capsys, tiny_data, tmp_path):
 def test_crop_padding_shifts_without_resampling():
     import torch
 
-    from vitdetect.transforms import build_augmentation
+    from vitdetect.data.transforms import build_augmentation
 
     torch.manual_seed(0)
     images = torch.randint(0, 256, (8, 3, 32, 32)).float() / 255

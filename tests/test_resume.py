@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import vitdetect.training.trainer as training
 from conftest import run_main, user_error
-from vitdetect import train as training
-from vitdetect.checkpoint import load_checkpoint
-from vitdetect.run_artifacts import resume_settings
+from vitdetect.models.checkpoint import load_checkpoint
+from vitdetect.training.artifacts import resume_settings
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

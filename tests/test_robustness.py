@@ -14,12 +14,12 @@ from typer.testing import CliRunner
 from conftest import run_main, user_error
 from test_plot import WITHOUT_TORCH
 from vitdetect.cli import app
-from vitdetect.data import load_split, stratified_sample
+from vitdetect.data.dataset import load_split, stratified_sample
+from vitdetect.data.perturbations import PERTURBATIONS
 from vitdetect.errors import VitdetectError
-from vitdetect.inference import TrainedModel, fake_probabilities
-from vitdetect.perturbations import PERTURBATIONS
-from vitdetect.robustness import row_metrics
-from vitdetect.robustness_results import FAMILY_COLOURS, comparison_table, draw_robustness, read_robustness
+from vitdetect.evaluation.robustness import row_metrics
+from vitdetect.inference.scoring import TrainedModel, fake_probabilities
+from vitdetect.reports.robustness import FAMILY_COLOURS, comparison_table, draw_robustness, read_robustness
 
 runner = CliRunner()
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "robust_training.py"

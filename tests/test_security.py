@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from conftest import run_main, user_error
-from vitdetect.checkpoint import load_checkpoint
-from vitdetect.data import load_split
+from vitdetect.data.dataset import load_split
 from vitdetect.errors import VitdetectError
-from vitdetect.inference import TrainedModel
+from vitdetect.inference.scoring import TrainedModel
+from vitdetect.models.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

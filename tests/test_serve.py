@@ -17,8 +17,8 @@ from conftest import run_main, user_error
 
 pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[serve]'")
 from serve_support import multipart, serving  # noqa: E402
-from vitdetect.checkpoint import save_checkpoint  # noqa: E402
-from vitdetect.predict import Detector  # noqa: E402
+from vitdetect.inference.detector import Detector  # noqa: E402
+from vitdetect.models.checkpoint import save_checkpoint  # noqa: E402
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | getattr(os, "O_TMPFILE", 0)
 opened: list[tuple[str, object]] | None = None  # while a test records: every file opened in this process

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
+from vitdetect.config.settings import TrainSettings, build_settings
 from vitdetect.errors import UsageError
-from vitdetect.settings import TrainSettings, build_settings
 
 
 def test_defaults_are_the_reference_recipe():

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import vitdetect.utils.tracking as tracking
 from conftest import run_main, user_error
-from vitdetect import tracking
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 STEPS_PER_EPOCH = 3  # 38 training images of the tiny dataset in batches of 16

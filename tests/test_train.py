@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from conftest import REAL_CIFAKE, seed_for_learning_tests
-from vitdetect.checkpoint import load_checkpoint
-from vitdetect.locking import LOCK_NAME
-from vitdetect.model import load_model, model_from_config
-from vitdetect.settings import TrainSettings
-from vitdetect.train import train
+from vitdetect.config.settings import TrainSettings
+from vitdetect.models.build import load_model, model_from_config
+from vitdetect.models.checkpoint import load_checkpoint
+from vitdetect.training.trainer import train
+from vitdetect.utils.locking import LOCK_NAME
 
 
 def read_rows(path):

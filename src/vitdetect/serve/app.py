@@ -18,9 +18,9 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from vitdetect import __version__
-from vitdetect.command_settings import ServeSettings
-from vitdetect.labels import ID2LABEL, POSITIVE_CLASS
-from vitdetect.predict import Detector, Prediction
+from vitdetect.config.commands import ServeSettings
+from vitdetect.config.labels import ID2LABEL, POSITIVE_CLASS
+from vitdetect.inference.detector import Detector, Prediction
 from vitdetect.serve.batching import BatchingQueue
 from vitdetect.serve.heatmaps import heatmap_png
 from vitdetect.serve.schemas import ErrorResponse, Health, ImageResult, Limits, ModelInfo, PredictResponse

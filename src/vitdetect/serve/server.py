@@ -8,11 +8,11 @@ from pathlib import Path
 
 import uvicorn
 
-from vitdetect.command_settings import ServeSettings
-from vitdetect.distributed import make_accelerator
+from vitdetect.config.commands import ServeSettings
 from vitdetect.errors import VitdetectError
-from vitdetect.predict import Detector, default_checkpoint
+from vitdetect.inference.detector import Detector, default_checkpoint
 from vitdetect.serve.app import create_app
+from vitdetect.utils.distributed import make_accelerator
 
 ANNOUNCE_PREFIX = "vitdetect serve: listening on "
 

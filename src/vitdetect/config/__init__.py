@@ -1,0 +1,1 @@
+"""Settings of every command, the model presets and the label map: plain data, no torch."""

@@ -1,0 +1,1 @@
+"""From files to tensors: CIFAKE download and import, the one image decoder, the dataset, preprocessing."""

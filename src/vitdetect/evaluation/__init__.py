@@ -1,0 +1,1 @@
+"""`evaluate()`: metrics on a split, robustness under perturbations, temperature calibration."""

@@ -1,0 +1,1 @@
+"""`vitdetect export`: ONNX files and Hugging Face folders with their model cards."""

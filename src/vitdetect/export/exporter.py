@@ -1,0 +1,166 @@
+"""`vitdetect export`: a checkpoint as an ONNX file or as a Hugging Face model folder with its model card.
+
+Both fold the checkpoint's calibration temperature T into the classifier (weight and bias divided by T),
+so every consumer gets the calibrated P(FAKE) = softmax(logits) without knowing about T. The ONNX file is
+checked with `onnx.checker` and run once with ONNX Runtime against PyTorch before it is written.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vitdetect.config.commands import ExportFormat, ExportSettings
+from vitdetect.errors import UsageError, VitdetectError
+from vitdetect.export.model_card import render_model_card
+from vitdetect.inference.onnx import INPUT_NAME, OUTPUT_NAME, OnnxModel, onnx_metadata, require
+from vitdetect.inference.scoring import TrainedModel
+from vitdetect.models.build import LogitsOnly
+from vitdetect.models.checkpoint import write_pretrained
+from vitdetect.reports.metrics import METRICS_NAME, read_metrics
+from vitdetect.utils.atomic import atomic_write, atomic_write_dir, ensure_writable_parent
+
+CARD_NAME = "README.md"
+PARITY_TOLERANCE = 1e-4  # max |P(FAKE) difference| between ONNX Runtime and PyTorch before writing
+PARITY_IMAGES = 5  # not the export example's batch of 2: the check also proves the batch axis is dynamic
+
+
+@dataclass
+class ExportResult:
+    output: Path
+    format: str
+    temperature: float
+    size_bytes: int
+    notes: list[str] = field(default_factory=list)  # checks passed, what the model card used
+
+
+def export(settings: ExportSettings) -> ExportResult:
+    """Write settings.checkpoint in settings.format to settings.output."""
+    check_output(settings.output, settings.format, settings.overwrite)
+    if settings.format == ExportFormat.onnx:
+        require("onnx", "onnxscript", "onnxruntime")
+    trained = TrainedModel.load(settings.checkpoint)
+    temperature = checkpoint_temperature(trained, settings.checkpoint)
+    model = calibrated_copy(trained.model, temperature)
+    if settings.format == ExportFormat.onnx:
+        source = f"{settings.checkpoint.name}, epoch {trained.checkpoint.get('epoch')}"
+        notes = export_onnx(model, trained, temperature, settings.output, source)
+    else:
+        notes = export_hf(model, trained, temperature, settings.output, settings.checkpoint)
+    return ExportResult(settings.output, settings.format, temperature, _size(settings.output), notes)
+
+
+def check_output(output: Path, fmt: str, overwrite: bool) -> None:
+    """Fail before any work: an existing --output is only replaced with --overwrite, and by its own kind."""
+    kind = "file" if fmt == ExportFormat.onnx else "folder"
+    if output.exists() and not overwrite:
+        raise UsageError(f"--output {output} already exists: pass --overwrite to replace it")
+    if output.exists() and output.is_dir() != (kind == "folder"):
+        raise UsageError(f"--output {output} is a {'folder' if output.is_dir() else 'file'}; --format {fmt} "
+                         f"writes a {kind}")
+    ensure_writable_parent(output)
+
+
+def checkpoint_temperature(trained: TrainedModel, source: Path) -> float:
+    """The calibration temperature the checkpoint stores (key `temperature`); 1.0 when it has none."""
+    stored = trained.checkpoint.get("temperature")
+    if stored is None:
+        return 1.0
+    if isinstance(stored, bool) or not isinstance(stored, (int, float)) or not math.isfinite(stored) or stored <= 0:
+        raise VitdetectError(f"checkpoint {source} has an invalid temperature {stored!r} (must be a positive number)")
+    return float(stored)
+
+
+def calibrated_copy(model: torch.nn.Module, temperature: float) -> torch.nn.Module:
+    """A copy of the model whose logits are the original logits / temperature (the classifier is linear)."""
+    folded = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        folded.classifier.weight.div_(temperature)
+        folded.classifier.bias.div_(temperature)
+    return folded
+
+
+def export_onnx(model: torch.nn.Module, trained: TrainedModel, temperature: float, output: Path,
+                source: str) -> list[str]:
+    """torch.onnx.export (the torch.export-based exporter), metadata, onnx.checker, an ORT check, then write."""
+    import onnx
+
+    side = trained.prep.image_size
+    example = torch.zeros(2, 3, side, side)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on its internals
+        program = torch.onnx.export(LogitsOnly(model).eval(), (example,), dynamo=True, input_names=[INPUT_NAME],
+                                    output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                    verbose=False)
+    proto = program.model_proto
+    metadata = onnx_metadata(trained.prep, trained.checkpoint.get("id2label") or model.config.id2label,
+                             trained.threshold, temperature, source)
+    onnx.helper.set_model_props(proto, metadata)
+    proto.doc_string = "vitdetect REAL/FAKE image detector (FAKE = AI-generated). " + metadata["usage"]
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise VitdetectError(f"the exported graph failed onnx.checker: {str(exc).splitlines()[0]}") from None
+    serialized = proto.SerializeToString()
+    gap = parity_gap(model, trained, OnnxModel.load(serialized, cpu=True))
+    if gap > PARITY_TOLERANCE:
+        raise VitdetectError(f"ONNX Runtime and PyTorch disagree on P(FAKE) by {gap:.2e} (> {PARITY_TOLERANCE:g}); "
+                             "nothing written")
+    atomic_write(output, lambda tmp: tmp.write_bytes(serialized))
+    opset = next(entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx"))
+    return [f"onnx.checker passed; opset {opset}; input {INPUT_NAME} [batch, 3, {side}, {side}], output "
+            f"{OUTPUT_NAME} [batch, 2]",
+            f"ONNX Runtime vs PyTorch on {PARITY_IMAGES} random images: max |P(FAKE) difference| {gap:.1e}"]
+
+
+def parity_gap(model: torch.nn.Module, trained: TrainedModel, exported: OnnxModel) -> float:
+    """Max |P(FAKE)| difference between the exported file (with its metadata's preprocessing) and PyTorch."""
+    from vitdetect.data.transforms import to_model_input
+
+    side = trained.prep.storage_size
+    images = torch.randint(0, 256, (PARITY_IMAGES, 3, side, side), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = torch.softmax(model(pixel_values=to_model_input(images, trained.prep)).logits, dim=-1)[:, 1]
+    return float((torch.from_numpy(exported.fake_probabilities(images, PARITY_IMAGES)) - expected.double())
+                 .abs().max())
+
+
+def export_hf(model: torch.nn.Module, trained: TrainedModel, temperature: float, output: Path,
+              checkpoint: Path) -> list[str]:
+    """save_pretrained + image processor + model card README.md, swapped into place in one step."""
+    metrics, note = evaluation_metrics(checkpoint, trained)
+    card = render_model_card(trained, temperature, metrics)
+
+    def write(folder: Path) -> None:
+        write_pretrained(folder, model, trained.prep)
+        (folder / CARD_NAME).write_text(card, encoding="utf-8")
+
+    atomic_write_dir(output, write)
+    return [note, f"load it with transformers.pipeline('image-classification', model='{output}')"]
+
+
+def evaluation_metrics(checkpoint: Path, trained: TrainedModel) -> tuple[dict[str, Any] | None, str]:
+    """The metrics.json beside the checkpoint when `vitdetect evaluate` wrote it for this checkpoint and epoch."""
+    path = Path(checkpoint).parent / METRICS_NAME
+    if not path.is_file():
+        return None, f"model card: no evaluation results (no {path}; run `vitdetect evaluate` first to add them)"
+    metrics = read_metrics(path)
+    same_file = Path(str(metrics.get("checkpoint", ""))).name == Path(checkpoint).name
+    if not same_file or metrics.get("checkpoint_epoch") != trained.checkpoint.get("epoch"):
+        return None, (f"model card: no evaluation results ({path} is for {metrics.get('checkpoint')} epoch "
+                      f"{metrics.get('checkpoint_epoch')}, not this checkpoint; run `vitdetect evaluate` again)")
+    return metrics, f"model card: evaluation results from {path} ({metrics['split']} split, " \
+                    f"{metrics['n_images']:,} images)"
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(file.stat().st_size for file in path.rglob("*") if file.is_file())

@@ -1,0 +1,1 @@
+"""Judging images: scoring a trained model, `Detector`, ONNX Runtime, explanations."""

@@ -1,0 +1,253 @@
+"""Judging new images: `Detector`, the Python API that `vitdetect predict` is built on.
+
+    detector = Detector.from_checkpoint("results/best_model.pth")   # or Detector.from_onnx("model.onnx")
+    for result in detector.predict(["photo.jpg", "render.png"]):
+        print(result.path, result.label, result.p_fake)
+
+Images go through the one decoder (`images.decode_rgb`) and the scoring `evaluate` uses
+(`inference.fake_probabilities`), so an image gets the same P(FAKE) here as in predictions.csv. An
+exported ONNX file runs in ONNX Runtime after the same decoder and `transforms.to_model_input`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vitdetect.config.commands import Backend, EvaluateSettings, PredictSettings
+from vitdetect.config.labels import ID2LABEL
+from vitdetect.data.dataset import decode_images
+from vitdetect.data.decode import open_image
+from vitdetect.data.files import find_images
+from vitdetect.errors import UsageError, VitdetectError
+from vitdetect.inference.explain import as_picture, check_method, default_method, explain_images
+from vitdetect.inference.onnx import OnnxModel
+from vitdetect.inference.output import check_output, output_format, render, summary_line
+from vitdetect.inference.scoring import TrainedModel, fake_probabilities
+from vitdetect.models.builtin import BUILTIN, announcement, is_builtin, resolve_checkpoint
+from vitdetect.reports.metrics import classify
+from vitdetect.reports.overlays import Explained, write_explanations
+from vitdetect.utils.atomic import atomic_write_text
+from vitdetect.utils.distributed import make_accelerator
+from vitdetect.utils.progress import Reporter
+
+ImageSource = str | Path | bytes | Image.Image
+# An image resized by more than this factor to the stored size is far from what the model was trained on.
+FAR_FROM_TRAINING_SCALE = 2.0
+DEFAULT_CHUNK = 512  # images decoded and held at once: flat memory on huge folders, a lively bar
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """The verdict on one image, or why there is none (error)."""
+
+    path: str
+    label: str | None = None  # "REAL" or "FAKE"
+    p_fake: float | None = None
+    confidence: float | None = None  # the probability of the predicted label
+    error: str | None = None
+    note: str | None = None  # why this verdict deserves caution (e.g. an image far from the training size)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Detector:
+    """A trained checkpoint (or an exported ONNX file) ready to judge images: paths, raw bytes or PIL images."""
+
+    def __init__(
+        self,
+        trained: TrainedModel | OnnxModel,
+        threshold: float | None = None,
+        batch_size: int = PredictSettings.model_fields["batch_size"].default,
+        accelerator=None,
+        reporter: Reporter | None = None,
+        chunk_size: int = DEFAULT_CHUNK,
+    ):
+        self.trained = trained
+        self.threshold = trained.threshold if threshold is None else float(threshold)
+        self.batch_size = batch_size
+        self.accelerator = accelerator or make_accelerator()
+        self.reporter = reporter or Reporter(quiet=True)
+        self.chunk_size = max(1, chunk_size // batch_size) * batch_size  # whole batches per chunk
+        # Decodes the next chunk while one is scored; kept for the Detector's life, as a thread started per
+        # call cost a server's small calls more than their decoding.
+        self.prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitdetect-prefetch")
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **options) -> Detector:
+        """Load best_model.pth (or any vitdetect checkpoint); options as for Detector()."""
+        path = resolve_checkpoint(path)
+        if not path.exists():
+            raise UsageError(f"checkpoint not found: {path} (train one with `vitdetect train`)")
+        return cls(TrainedModel.load(path), **options)
+
+    @classmethod
+    def from_onnx(cls, path: str | Path, cpu: bool = False, **options) -> Detector:
+        """Load a file written by `vitdetect export --format onnx` into ONNX Runtime; options as for Detector()."""
+        return cls(OnnxModel.load(path, cpu=cpu), **options)
+
+    def predict(self, images: Iterable[ImageSource]) -> list[Prediction]:
+        """One Prediction per image, in order; images that cannot be decoded get an error instead.
+
+        Chunks are decoded in parallel threads while the previous chunk is being scored.
+        """
+        sources = list(images)
+        names = [_name(source, index) for index, source in enumerate(sources)]
+        chunks = [slice(start, start + self.chunk_size) for start in range(0, len(sources), self.chunk_size)]
+        reporter = self.reporter if len(sources) > self.reporter.console.height else Reporter(quiet=True)
+        results: list[Prediction] = []
+        with reporter.task("judging", len(sources)) as bar:
+            pending = self.prefetch.submit(self._decode, sources[chunks[0]]) if chunks else None
+            for number, chunk in enumerate(chunks):
+                decoded = pending.result()
+                if number + 1 < len(chunks):
+                    pending = self.prefetch.submit(self._decode, sources[chunks[number + 1]])
+                results.extend(self._judge(names[chunk], *decoded))
+                bar.advance(len(names[chunk]))
+        return results
+
+    def explain(self, images: Iterable[ImageSource], method: str | None = None) -> list[np.ndarray | None]:
+        """One HxW float heatmap per image (H, W: the stored image size), in order; None where an image
+        cannot be decoded. method: "rollout" (attention rollout), "gradcam" or "occlusion"; default: rollout for a
+        ViT, occlusion for a model without [CLS] token (see vitdetect.inference.explain)."""
+        return [None if item is None else item.heatmap for item in self.explained(images, method)]
+
+    def explained(self, images: Iterable[ImageSource], method: str | None = None) -> list[Explained | None]:
+        """Each image as the model sees it, with its verdict and heatmap; None where it cannot be decoded.
+        Runs in this process alone (no gathering), so the main process of a distributed run may call it."""
+        method = self.explanation_method(method)
+        sources = list(images)
+        names = [_name(source, index) for index, source in enumerate(sources)]
+        decoded, kept, _, _ = self._decode(sources)
+        found = explain_images(self.trained, decoded, method, self.threshold, self.accelerator.device, self.batch_size)
+        items = {index: Explained(as_picture(image), heat, float(p), ID2LABEL[int(p >= self.threshold)],
+                                  Path(names[index]).name)
+                 for index, image, heat, p in zip(kept, decoded, found.heatmaps, found.p_fake, strict=True)}
+        return [items.get(index) for index in range(len(sources))]
+
+    def explanation_method(self, method: str | None = None) -> str:
+        """method, or this model's own when None (rollout for a ViT, occlusion without [CLS] token)."""
+        if isinstance(self.trained, OnnxModel):
+            raise UsageError("explanations need the PyTorch checkpoint: an ONNX file has no attention to read")
+        return method or default_method(self.trained.model)
+
+    def explanations_unavailable(self) -> str | None:
+        """Why explain() with the model's own method cannot run here (one line), or None when it can."""
+        try:
+            check_method(self.explanation_method())
+        except UsageError as exc:
+            return str(exc)
+        return None
+
+    def _decode(self, sources: list[ImageSource]) -> tuple[torch.Tensor, list[int], list[str], list[str | None]]:
+        images, kept, failures = decode_images(sources, self.trained.prep.storage_size)
+        notes = [scale_note(sources[index], self.trained.prep.storage_size) for index in kept]
+        return images, kept, [reason for _, reason in failures], notes
+
+    def _judge(self, names: list[str], images: torch.Tensor, kept: list[int], reasons: list[str],
+               notes: list[str | None]):
+        scores = self._probabilities(images) if kept else []
+        judged = dict(zip(kept, zip(scores, classify(scores, self.threshold), notes, strict=True), strict=True))
+        failed = iter(reasons)  # failures come in input order, like kept
+        return [_verdict(name, *judged[index]) if index in judged else Prediction(name, error=next(failed))
+                for index, name in enumerate(names)]
+
+    def _probabilities(self, images: torch.Tensor) -> np.ndarray:
+        if isinstance(self.trained, OnnxModel):
+            return self.trained.fake_probabilities(images, self.batch_size)
+        return fake_probabilities(self.trained, images, self.batch_size, self.accelerator)
+
+
+def _verdict(path: str, p_fake: float, fake: int, note: str | None) -> Prediction:
+    p_fake = float(p_fake)
+    return Prediction(path, ID2LABEL[int(fake)], p_fake, p_fake if fake else 1.0 - p_fake, note=note)
+
+
+def scale_note(source: ImageSource, trained_size: int) -> str | None:
+    """A caution when the image is resized by more than FAR_FROM_TRAINING_SCALE to reach the trained size."""
+    try:
+        if isinstance(source, Image.Image):
+            width, height = source.size
+        else:
+            with open_image(source) as image:  # header only
+                width, height = image.size
+    except Exception:  # noqa: BLE001 - it decoded once already; a second look failing only loses the note
+        return None
+    scale = max(width, height) / trained_size
+    if 1 / FAR_FROM_TRAINING_SCALE <= scale <= FAR_FROM_TRAINING_SCALE:
+        return None
+    return (f"resized from {width}x{height} to {trained_size}x{trained_size}: far from the images the model was "
+            "trained on, treat this verdict with caution")
+
+
+def _name(source: ImageSource, index: int) -> str:
+    if isinstance(source, (str, Path)):
+        return str(source)
+    if isinstance(source, bytes):
+        return f"<bytes #{index}>"
+    if isinstance(source, Image.Image):
+        return getattr(source, "filename", "") or f"<image #{index}>"
+    raise TypeError(f"cannot judge a {type(source).__name__}: pass a path, bytes or a PIL image")
+
+
+@dataclass
+class PredictRun:
+    results: list[Prediction]
+    threshold: float
+    main_process: bool
+
+    @property
+    def failed(self) -> int:
+        return sum(not result.ok for result in self.results)
+
+
+def run(settings: PredictSettings, patterns: Sequence[str], reporter: Reporter | None = None) -> PredictRun:
+    """`vitdetect predict`: find the images, judge them, write --output; the caller prints."""
+    found = find_images(patterns, settings.recursive)
+    if settings.output:
+        check_output(settings.output)
+    accelerator = make_accelerator(cpu=settings.cpu)
+    reporter = reporter or Reporter(settings.quiet, enabled=accelerator.is_main_process)
+    if found.ignored:
+        examples = ", ".join(path.name for path in found.ignored[:3])
+        reporter.info(f"ignored {len(found.ignored)} file(s) without an image extension ({examples}"
+                      f"{', ...' if len(found.ignored) > 3 else ''})")
+    options = dict(threshold=settings.threshold, batch_size=settings.batch_size, accelerator=accelerator,
+                   reporter=reporter)
+    checkpoint = settings.checkpoint or default_checkpoint()
+    if settings.backend == Backend.onnx:
+        detector = Detector.from_onnx(checkpoint, cpu=settings.cpu, **options)
+    elif Path(checkpoint).suffix.lower() == ".onnx":
+        raise UsageError(f"{checkpoint} is an ONNX file: add --backend onnx to run it with ONNX Runtime")
+    else:
+        if is_builtin(checkpoint) and settings.checkpoint is None:
+            reporter.info(announcement())
+        detector = Detector.from_checkpoint(checkpoint, **options)
+    if settings.explain:
+        method = detector.explanation_method(settings.explain_method)
+        check_method(method)  # the model's own method may need grad-cam or captum: fail before judging
+    results = detector.predict(found.paths)
+    if settings.explain and accelerator.is_main_process:
+        written = write_explanations(detector, found.paths, settings.explain, method)
+        reporter.info(f"wrote {written:,} explanation(s) ({method}) to {settings.explain}")
+    if settings.output and accelerator.is_main_process:
+        try:
+            atomic_write_text(settings.output, render(results, output_format(settings)))
+        except OSError as exc:
+            raise VitdetectError(f"cannot write --output {settings.output}: {exc.strerror or exc}") from None
+    reporter.info(summary_line(results))
+    return PredictRun(results, detector.threshold, accelerator.is_main_process)
+
+
+def default_checkpoint() -> Path | str:
+    """results/best_model.pth when a run left one here, else the built-in detector."""
+    trained_here = EvaluateSettings.model_fields["checkpoint"].default
+    return trained_here if trained_here.exists() else BUILTIN

@@ -1,0 +1,136 @@
+"""Running an exported ONNX file with ONNX Runtime, and the metadata that makes the file self-describing.
+
+`vitdetect export --format onnx` stores in the file's metadata_props everything a user of the file alone
+needs to reproduce a verdict: the preprocessing (sizes, mean, std, resize rule), the label map, the
+threshold and the calibration temperature (folded into the weights). `onnx_metadata` writes that schema
+and `OnnxModel.load` reads it back into the `Preprocessing` that `transforms.to_model_input` applies, so
+ONNX Runtime sees exactly the input PyTorch sees.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vitdetect.config.labels import POSITIVE_CLASS
+from vitdetect.data.transforms import Preprocessing, to_model_input
+from vitdetect.errors import UsageError, VitdetectError
+
+INSTALL_HINT = "pip install 'vitdetect[onnx]'"
+INPUT_NAME = "pixel_values"
+OUTPUT_NAME = "logits"
+METADATA_VERSION = "1"
+RESIZE_RULE = (
+    "decode to RGB (EXIF orientation applied, alpha composited on white, first frame of animations); if the "
+    "image is not storage_size x storage_size, resize it to that with Pillow's bilinear filter "
+    "(Image.resize(..., Image.BILINEAR)); scale to [0, 1]; normalise per channel: (x - mean) / std; if "
+    "image_size differs from storage_size, resize the normalised values to image_size x image_size with "
+    "antialiased bilinear interpolation (torch.nn.functional.interpolate(mode='bilinear', align_corners=False, "
+    "antialias=True)); see vitdetect/transforms.py"
+)
+USAGE = (
+    "input pixel_values: float32 [batch, 3, image_size, image_size], RGB preprocessed as the 'resize' entry says; "
+    "output logits: float32 [batch, 2] in id2label order; P(FAKE) = softmax(logits)[:, id of FAKE]; the image is "
+    "FAKE when P(FAKE) >= threshold. The calibration temperature is already folded into the weights "
+    "(temperature_folded): do not divide the logits by it again."
+)
+REQUIRED_KEYS = ("image_size", "storage_size", "mean", "std", "id2label", "threshold", "temperature")
+
+
+def require(*modules: str) -> None:
+    """One clear line when the [onnx] extra is missing."""
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise VitdetectError(f"{', '.join(missing)} not installed, needed for ONNX: {INSTALL_HINT}")
+
+
+def onnx_metadata(prep: Preprocessing, id2label: dict[int, str], threshold: float, temperature: float,
+                  source: str) -> dict[str, str]:
+    """The metadata_props of an exported file: strings, JSON for lists and maps."""
+    return {
+        "vitdetect_metadata_version": METADATA_VERSION,
+        "image_size": str(prep.image_size),
+        "storage_size": str(prep.storage_size),
+        "mean": json.dumps(list(prep.mean)),
+        "std": json.dumps(list(prep.std)),
+        "resize": RESIZE_RULE,
+        "id2label": json.dumps({str(index): name for index, name in sorted(id2label.items())}),
+        "positive_class": POSITIVE_CLASS,
+        "threshold": repr(float(threshold)),
+        "temperature": repr(float(temperature)),
+        "temperature_folded": "true",
+        "usage": USAGE,
+        "source_checkpoint": source,
+    }
+
+
+@dataclass
+class OnnxModel:
+    """An exported file in an ONNX Runtime session, with its preprocessing and decision threshold."""
+
+    session: object  # onnxruntime.InferenceSession
+    prep: Preprocessing
+    threshold: float
+    temperature: float  # already folded into the logits; kept to report it
+    fake_index: int
+    metadata: dict[str, str]
+
+    @classmethod
+    def load(cls, source: str | Path | bytes, cpu: bool = False) -> OnnxModel:
+        """A file written by `vitdetect export --format onnx` (or its bytes)."""
+        require("onnxruntime")
+        import onnxruntime as ort
+
+        name = "the exported model" if isinstance(source, bytes) else str(source)
+        if not isinstance(source, bytes) and not Path(source).is_file():
+            raise UsageError(f"ONNX file not found: {source} (write one with `vitdetect export --format onnx`)")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # OMP_NUM_THREADS applies to both backends
+        options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
+        try:
+            session = ort.InferenceSession(source if isinstance(source, bytes) else str(source), options,
+                                           providers=_providers(ort, cpu))
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own types for damaged or foreign files
+            detail = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (Load model from .* failed:)?", "",
+                            str(exc).splitlines()[0] if str(exc) else type(exc).__name__).strip()[:200]
+            raise VitdetectError(f"cannot load ONNX model {name}: {detail}") from None
+        metadata = session.get_modelmeta().custom_metadata_map
+        return cls(session, *_read_metadata(metadata, name), metadata)
+
+    def logits(self, pixel_values: np.ndarray) -> np.ndarray:
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(pixel_values, np.float32)})[0]
+
+    def fake_probabilities(self, images: torch.Tensor, batch_size: int) -> np.ndarray:
+        """P(FAKE) for each Nx3xSxS uint8 image, in input order (as `inference.fake_probabilities`)."""
+        probabilities = np.empty(len(images), dtype=np.float64)
+        for start in range(0, len(images), batch_size):
+            pixels = to_model_input(images[start:start + batch_size], self.prep).numpy()
+            logits = torch.from_numpy(self.logits(pixels))
+            probabilities[start:start + len(pixels)] = torch.softmax(logits, dim=-1)[:, self.fake_index].double()
+        return probabilities
+
+
+def _providers(ort, cpu: bool) -> list[str]:
+    available = ort.get_available_providers()
+    wanted = ["CPUExecutionProvider"] if cpu else ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return [provider for provider in wanted if provider in available] or available
+
+
+def _read_metadata(metadata: dict[str, str], name: str) -> tuple[Preprocessing, float, float, int]:
+    missing = [key for key in REQUIRED_KEYS if key not in metadata]
+    if missing:
+        raise VitdetectError(f"{name} has no vitdetect metadata ({', '.join(missing)} missing): export it "
+                             "with `vitdetect export --format onnx`")
+    try:
+        prep = Preprocessing.from_dict({key: json.loads(metadata[key]) for key in
+                                        ("image_size", "storage_size", "mean", "std")})
+        labels = {name: int(index) for index, name in json.loads(metadata["id2label"]).items()}
+        return prep, float(metadata["threshold"]), float(metadata["temperature"]), labels[POSITIVE_CLASS]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise VitdetectError(f"{name} has damaged vitdetect metadata ({exc!r})") from None

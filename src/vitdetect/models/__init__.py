@@ -1,0 +1,1 @@
+"""Building the classifier (hub, local folder, scratch preset), checkpoints and the built-in detector."""

@@ -1,0 +1,1 @@
+"""Figures and tables rebuilt from saved results (metrics, plots, robustness): no torch."""

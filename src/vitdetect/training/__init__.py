@@ -1,0 +1,1 @@
+"""`train()`: the training loop, its optimizer, distillation teacher, feature cache and run folder."""
