@@ -29,11 +29,12 @@ import torch
 
 from _common import REAL_CIFAKE, machine_accelerator
 from vitdetect.config.commands import EvaluateSettings
+from vitdetect.config.run_files import TEACHER_NAME
 from vitdetect.config.settings import TrainSettings
 from vitdetect.data.dataset import load_split, stratified_split
 from vitdetect.data.transforms import Preprocessing, to_model_input
 from vitdetect.evaluation.evaluator import evaluate
-from vitdetect.training.distill import TEACHER_NAME, read_teacher, train_small_cnn
+from vitdetect.training.distill import read_teacher, train_small_cnn
 from vitdetect.training.trainer import train
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from _common import REAL_CIFAKE, print_ratio, spread_sample, timer
+from vitdetect import Detector
 from vitdetect.config.commands import ExportSettings, PredictSettings
 from vitdetect.data.dataset import decode_images, list_split
 from vitdetect.export.exporter import export
-from vitdetect.inference.detector import Detector
 from vitdetect.inference.scoring import fake_probabilities
 from vitdetect.utils.distributed import make_accelerator
 

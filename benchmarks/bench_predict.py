@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from _common import REAL_CIFAKE, print_ratio, spread_sample, timer
+from vitdetect import Detector
 from vitdetect.config.commands import PredictSettings
 from vitdetect.config.labels import POSITIVE_CLASS
 from vitdetect.data.dataset import list_split
-from vitdetect.inference.detector import Detector
 from vitdetect.models.checkpoint import save_pretrained_dir
 from vitdetect.utils.distributed import make_accelerator
 

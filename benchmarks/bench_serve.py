@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 
 from _common import REAL_CIFAKE, print_ratio, timer
+from vitdetect import Detector, Prediction
 from vitdetect.config.commands import PredictSettings, ServeSettings
 from vitdetect.data.dataset import list_split
-from vitdetect.inference.detector import Detector, Prediction
 from vitdetect.serve.process import server_process
 from vitdetect.utils.distributed import make_accelerator
 

@@ -22,8 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+from vitdetect.config.run_files import ROBUSTNESS_NAME
 from vitdetect.errors import VitdetectError
-from vitdetect.reports.robustness import ROBUSTNESS_NAME, comparison_table, read_robustness
+from vitdetect.reports.robustness import comparison_table, read_robustness
 
 REAL_CIFAKE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifake"
 NAMES = ("without", "with")  # robust-training augmentations

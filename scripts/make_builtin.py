@@ -24,7 +24,8 @@ from vitdetect.inference.scoring import TrainedModel, fake_probabilities
 from vitdetect.models.builtin import CARD_NAME, WEIGHTS_NAME, builtin_dir
 from vitdetect.models.checkpoint import load_checkpoint
 from vitdetect.reports.metrics import detector_metrics
-from vitdetect.utils.atomic import atomic_torch_save, atomic_write_text
+from vitdetect.utils.atomic import atomic_write_text
+from vitdetect.utils.torch_files import atomic_torch_save
 
 SAMPLE_SIZE, SAMPLE_SEED = 2000, 0
 

@@ -67,7 +67,7 @@ def test_the_flags_reach_the_training_batches(train_args, monkeypatch, single_th
         built.append(augmentation)
         return augmentation
 
-    monkeypatch.setattr(transforms, "build_augmentation", spy)
+    monkeypatch.setattr("vitdetect.training.trainer.build_augmentation", spy)  # where the run builds it
     flags = ["--augment-jpeg", "0.7", "--augment-jpeg-quality", "40", "80", "--augment-blur", "0.3",
              "--augment-blur-sigma", "0.5", "1.0"]
     result = runner.invoke(app, [*train_args, *flags])

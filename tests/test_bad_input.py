@@ -353,8 +353,8 @@ def test_the_decoder_returns_rgb_or_a_decode_error_for_any_bytes(data, size):
 
 @pytest.fixture(scope="module")
 def detector(tmp_path_factory):
+    from vitdetect import Detector
     from vitdetect.data.transforms import Preprocessing
-    from vitdetect.inference.detector import Detector
     from vitdetect.models.build import load_model
     from vitdetect.models.checkpoint import model_payload, save_checkpoint
 

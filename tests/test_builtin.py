@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import REAL_CIFAKE, make_image, run_main, user_error
-from vitdetect.inference.detector import Detector
+from vitdetect import Detector
 from vitdetect.models.builtin import BUILTIN, builtin_card, builtin_checkpoint
 from vitdetect.models.checkpoint import load_checkpoint
 

@@ -10,17 +10,16 @@ import pytest
 import torch
 
 from conftest import make_dataset, run_main, user_error
+from vitdetect import Detector
 from vitdetect.data.dataset import load_split
 from vitdetect.data.transforms import Preprocessing, to_model_input
 from vitdetect.evaluation.calibration import (
     MIN_TEMPERATURE,
     fit_temperature,
-    fold_temperature,
     nll,
     remap_threshold,
 )
-from vitdetect.inference.detector import Detector
-from vitdetect.inference.scoring import TrainedModel, fake_probabilities, model_logits
+from vitdetect.inference.scoring import TrainedModel, fake_probabilities, fold_temperature, model_logits
 from vitdetect.models.build import load_model
 from vitdetect.models.checkpoint import load_checkpoint, model_payload, save_checkpoint, save_pretrained_dir
 from vitdetect.reports.metrics import read_predictions

@@ -5,8 +5,9 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_dataset, run_main, seed_for_learning_tests, user_error
+from vitdetect.config.run_files import TEACHER_NAME
 from vitdetect.config.settings import TrainSettings
-from vitdetect.training.distill import TEACHER_NAME, small_cnn, training_loss
+from vitdetect.training.distill import small_cnn, training_loss
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from conftest import make_dataset, run_main, seed_for_learning_tests, user_error
+from vitdetect import Detector
 from vitdetect.data.transforms import Preprocessing, to_model_input
-from vitdetect.inference.detector import Detector
 from vitdetect.inference.explain import METHODS, confident_mistakes, explain_images, heatmaps
 from vitdetect.inference.scoring import TrainedModel, fake_probabilities
 from vitdetect.models.build import load_model

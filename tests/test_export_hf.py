@@ -8,10 +8,10 @@ import numpy as np
 import torch
 
 from conftest import make_image, pipeline_p_fake, random_checkpoint, run_main, user_error
+from vitdetect import Detector
 from vitdetect.config.commands import ExportFormat, ExportSettings
 from vitdetect.data.transforms import to_model_input
 from vitdetect.export.exporter import export
-from vitdetect.inference.detector import Detector
 from vitdetect.inference.scoring import TrainedModel
 
 

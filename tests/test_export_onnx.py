@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from conftest import REAL_CIFAKE, make_image, random_checkpoint, run_main, user_error
+from vitdetect import Detector
 from vitdetect.config.commands import ExportSettings
 from vitdetect.data.dataset import list_split
 from vitdetect.data.transforms import to_model_input
 from vitdetect.errors import VitdetectError
 from vitdetect.export.exporter import export
-from vitdetect.inference.detector import Detector
 from vitdetect.inference.scoring import TrainedModel
 
 pytest.importorskip("onnxruntime")

@@ -12,8 +12,9 @@ import time
 
 import pytest
 
+from vitdetect.config.run_files import BEST_NAME, LAST_NAME, PRETRAINED_DIR_NAME
 from vitdetect.models.build import model_from_config
-from vitdetect.models.checkpoint import BEST_NAME, LAST_NAME, PRETRAINED_DIR_NAME, load_checkpoint
+from vitdetect.models.checkpoint import load_checkpoint
 from vitdetect.utils.locking import LOCK_NAME
 
 pytestmark = pytest.mark.usefixtures("single_thread")

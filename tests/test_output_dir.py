@@ -96,3 +96,23 @@ def test_an_evaluation_alone_is_a_run_and_overwrite_removes_only_run_outputs(tmp
     assert len(list(folder.iterdir())) == 5
     prepare_output_dir(folder, overwrite=True, resuming=False)
     assert [path.name for path in folder.iterdir()] == ["notes.txt"]  # the user's own file stays
+
+
+def test_overwrite_leaves_nothing_of_the_old_model_not_even_its_robustness_report(train_args, tiny_data, tmp_path,
+                                                                                  capsys):
+    """The defect of issue 25: `evaluate --robustness` into a run's folder, then `train --overwrite` into it, kept
+    the old model's robustness.json and robustness.png, and `plot` drew them beside the new model's metrics."""
+    results = tmp_path / "results"
+    assert run_main(capsys, *train_args)[0] == 0
+    code, _, err = run_main(capsys, "evaluate", "--checkpoint", results / "best_model.pth", "--data-dir", tiny_data,
+                            "--cache-dir", tmp_path / "cache", "--robustness", "--robustness-images", "16",
+                            "--perturbations", "jpeg-75", "--explain-errors", "1", "--quiet")
+    assert code == 0, err
+    old_model = snapshot(results)
+    assert {"robustness.json", "robustness.png", "metrics.json", "errors.png"} <= set(old_model)
+
+    assert run_main(capsys, *train_args, "--overwrite")[0] == 0
+    fresh = tmp_path / "fresh"
+    assert run_main(capsys, *train_args, "--output-dir", fresh)[0] == 0
+    assert set(snapshot(results)) == set(snapshot(fresh)), "the old model's files survived --overwrite"
+    assert not {"robustness.json", "robustness.png", "metrics.json", "errors.png"} & set(snapshot(results))

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from conftest import make_image, random_checkpoint
+from vitdetect import Detector, find_images
 from vitdetect.cli import main
 from vitdetect.data.dataset import load_split
 from vitdetect.data.decode import ImageDecodeError, decode_rgb
-from vitdetect.inference.detector import Detector, find_images
 from vitdetect.inference.scoring import TrainedModel, fake_probabilities
 from vitdetect.models.checkpoint import save_checkpoint
 

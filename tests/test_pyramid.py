@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from conftest import make_dataset, pipeline_p_fake, run_main, user_error
+from vitdetect import Detector
 from vitdetect.config.commands import ExportFormat, ExportSettings
 from vitdetect.export.exporter import export
-from vitdetect.inference.detector import Detector
 
 PRESET = "scratch:pvt-v2-32"
 

@@ -17,7 +17,7 @@ from conftest import run_main, user_error
 
 pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[serve]'")
 from serve_support import multipart, serving  # noqa: E402
-from vitdetect.inference.detector import Detector  # noqa: E402
+from vitdetect import Detector  # noqa: E402
 from vitdetect.models.checkpoint import save_checkpoint  # noqa: E402
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | getattr(os, "O_TMPFILE", 0)

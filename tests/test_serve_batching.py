@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[serve]'")
 from serve_support import multipart, serving  # noqa: E402
-from vitdetect.inference.detector import Detector  # noqa: E402
+from vitdetect import Detector  # noqa: E402
 from vitdetect.serve.batching import BatchingQueue  # noqa: E402
 
 

@@ -16,7 +16,7 @@ from PIL import Image
 from conftest import REAL_CIFAKE
 
 pytest.importorskip("fastapi", reason="needs the serve extra: pip install -e '.[serve]'")
-from vitdetect.inference.detector import Detector  # noqa: E402
+from vitdetect import Detector  # noqa: E402
 from vitdetect.serve.process import server_process  # noqa: E402
 
 pytestmark = pytest.mark.slow

@@ -8,11 +8,12 @@ from PIL import Image
 from torchvision import transforms as T
 
 from conftest import REAL_CIFAKE, make_image
+from vitdetect.config.run_files import BEST_NAME, LAST_NAME
 from vitdetect.config.settings import TrainSettings
 from vitdetect.data.decode import decode_rgb
 from vitdetect.data.transforms import Preprocessing, to_model_input
 from vitdetect.models.build import load_model
-from vitdetect.models.checkpoint import BEST_NAME, LAST_NAME, load_checkpoint
+from vitdetect.models.checkpoint import load_checkpoint
 from vitdetect.training.trainer import train
 
 MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))

@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from vitdetect.config.run_files import BEST_NAME
+
 stdout = Console(highlight=False)
 
 
@@ -69,5 +71,5 @@ def print_train_summary(result) -> None:
                       f"{fit.nll_after:.4f})")
     table.add_row("trainable parameters", f"{result.trainable:,} of {result.total:,}")
     table.add_row("wall time", f"{result.seconds:.1f} s")
-    table.add_row("checkpoint", str(result.output_dir / "best_model.pth"))
+    table.add_row("checkpoint", str(result.output_dir / BEST_NAME))
     stdout.print(table)

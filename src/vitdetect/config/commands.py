@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
+from vitdetect.config.run_files import BEST_NAME, DEFAULT_RUN_DIR
 from vitdetect.config.settings import (
     MAX_BATCH_SIZE,
     MAX_SEED,
@@ -45,7 +46,7 @@ class EvaluateSettings(_FigureSettings, _TrackingSettings):
     """`vitdetect evaluate`: score a split with a checkpoint, save metrics, predictions and figures."""
 
     checkpoint: Path = Field(
-        TrainSettings.model_fields["output_dir"].default / "best_model.pth",
+        DEFAULT_RUN_DIR / BEST_NAME,
         description="Checkpoint written by `vitdetect train`, or `builtin` (the detector shipped with vitdetect).",
     )
     data_dir: Path = Field(

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from vitdetect.config.presets import recipe_for
+from vitdetect.config.run_files import DEFAULT_RUN_DIR
 from vitdetect.errors import UsageError
 
 DEFAULT_MODEL = "google/vit-base-patch16-224"
@@ -106,7 +107,7 @@ class TrainSettings(_TrackingSettings):
     """`vitdetect train`. Defaults are the reference recipe: frozen backbone, head only."""
 
     data_dir: Path = Field(Path("data/cifake"), description="CIFAKE root holding train/{REAL,FAKE}.")
-    output_dir: Path = Field(Path("results"), description="Where checkpoints, history and figures go.")
+    output_dir: Path = Field(DEFAULT_RUN_DIR, description="Where checkpoints, history and figures go.")
     overwrite: bool = Field(
         False, description="Replace the run already in the output dir (its checkpoints, history, metrics and "
         "figures) instead of refusing to train there."

@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from vitdetect.config.labels import LABEL2ID
+from vitdetect.config.run_files import SKIPPED_NAME
 from vitdetect.data.decode import ImageDecodeError, decode_rgb, is_image_path, open_image
 from vitdetect.errors import VitdetectError
-from vitdetect.utils.atomic import atomic_torch_save, atomic_write_text
+from vitdetect.utils.atomic import atomic_write_text
 from vitdetect.utils.progress import Reporter
-
-SKIPPED_NAME = "skipped_images.json"
+from vitdetect.utils.torch_files import atomic_torch_save
 
 
 @dataclass

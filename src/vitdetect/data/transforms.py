@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from vitdetect.config.settings import TrainSettings
 from vitdetect.data.perturbations import blur_kernel_size
 
 # The reference recipe's ColorJitter strengths.
@@ -73,15 +72,6 @@ def build_augmentation(
     if jpeg > 0:
         steps.append(K.RandomJPEG(jpeg_quality=jpeg_quality, p=jpeg))
     return torch.nn.Sequential(*steps)
-
-
-def training_augmentation(settings: TrainSettings, storage_size: int) -> torch.nn.Module | None:
-    """The augmentation a training run's settings ask for; None with --no-augment."""
-    if not settings.augment:
-        return None
-    return build_augmentation(settings.rotation_degrees, settings.color_jitter, settings.crop_padding, storage_size,
-                              jpeg=settings.augment_jpeg, jpeg_quality=settings.augment_jpeg_quality,
-                              blur=settings.augment_blur, blur_sigma=settings.augment_blur_sigma)
 
 
 def to_model_input(

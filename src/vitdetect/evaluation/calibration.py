@@ -9,7 +9,6 @@ under `temperature_fit`; `best_model/` carries T folded into the classifier.
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,11 +18,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from vitdetect.config.run_files import BEST_NAME, PRETRAINED_DIR_NAME
 from vitdetect.data.dataset import ImageSet, load_split_reported
 from vitdetect.errors import VitdetectError
-from vitdetect.inference.scoring import TrainedModel, model_logits
+from vitdetect.inference.scoring import TrainedModel, fold_temperature, model_logits
 from vitdetect.models.builtin import refuse_builtin
-from vitdetect.models.checkpoint import BEST_NAME, PRETRAINED_DIR_NAME, save_checkpoint, save_pretrained_dir
+from vitdetect.models.checkpoint import save_checkpoint, save_pretrained_dir
 from vitdetect.utils.distributed import make_accelerator
 from vitdetect.utils.locking import output_lock
 from vitdetect.utils.progress import Reporter
@@ -120,16 +120,6 @@ def remap_threshold(threshold: float, old_temperature: float, new_temperature: f
     margin = old_temperature * (math.log(threshold) - math.log1p(-threshold)) / new_temperature
     margin -= ROUNDING_ALLOWANCE * max(1.0, abs(margin))
     return 1.0 / (1.0 + math.exp(-margin)) if margin >= 0 else math.exp(margin) / (1.0 + math.exp(margin))
-
-
-def fold_temperature(model: torch.nn.Module, temperature: float) -> torch.nn.Module:
-    """A copy of the model whose classifier gives logits / T (weight and bias divided by T): plain
-    transformers then computes the calibrated P(FAKE) itself."""
-    folded = copy.deepcopy(model)
-    with torch.no_grad():
-        folded.classifier.weight.div_(temperature)
-        folded.classifier.bias.div_(temperature)
-    return folded
 
 
 def recalibrate(

@@ -18,6 +18,7 @@ import numpy as np
 import vitdetect.utils.tracking as tracking
 from vitdetect.config.commands import EvaluateSettings
 from vitdetect.config.labels import CLASS_NAMES
+from vitdetect.config.run_files import METRICS_NAME, PREDICTIONS_NAME
 from vitdetect.data.dataset import ImageSet, load_split_reported
 from vitdetect.data.perturbations import resolve_suite
 from vitdetect.errors import VitdetectError
@@ -26,14 +27,7 @@ from vitdetect.evaluation.robustness import robustness_report, write_robustness
 from vitdetect.inference.scoring import TrainedModel, fake_probability, model_logits
 from vitdetect.models.builtin import refuse_builtin, results_dir_for
 from vitdetect.models.checkpoint import save_checkpoint
-from vitdetect.reports.metrics import (
-    METRICS_NAME,
-    PREDICTIONS_NAME,
-    detector_metrics,
-    predictions_csv,
-    probability_metrics,
-    threshold_at_fpr,
-)
+from vitdetect.reports.metrics import detector_metrics, predictions_csv, probability_metrics, threshold_at_fpr
 from vitdetect.utils.atomic import atomic_write_text
 from vitdetect.utils.distributed import make_accelerator
 from vitdetect.utils.locking import output_lock
@@ -160,12 +154,13 @@ def provenance(settings: EvaluateSettings, trained: TrainedModel, images: ImageS
 def draw_errors(trained: TrainedModel, images: ImageSet, p_fake: np.ndarray, threshold: float,
                 settings: EvaluateSettings, output_dir: Path, reporter: Reporter, device) -> Path:
     """errors.png: the most confident mistakes of each kind, with their heatmaps."""
-    from vitdetect.inference.explain import ERRORS_NAME, confident_mistakes, error_gallery
+    from vitdetect.config.run_files import ERRORS_FIGURE
+    from vitdetect.inference.explain import confident_mistakes, error_gallery
 
     mistakes = confident_mistakes(images.labels.numpy(), p_fake, threshold, settings.explain_errors)
     reporter.info(f"explaining {sum(map(len, mistakes.values()))} confident mistake(s) with "
                   f"{settings.explain_method}")
-    path = output_dir / f"{ERRORS_NAME}.{settings.format}"
+    path = output_dir / f"{ERRORS_FIGURE}.{settings.format}"
     error_gallery(path, trained, images, mistakes, settings.explain_method, threshold, settings.format, device)
     return path
 

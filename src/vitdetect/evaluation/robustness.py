@@ -17,11 +17,12 @@ import numpy as np
 
 from vitdetect.config.commands import EvaluateSettings
 from vitdetect.config.labels import CLASS_NAMES
+from vitdetect.config.run_files import ROBUSTNESS_NAME
 from vitdetect.data.dataset import ImageSet, stratified_sample
 from vitdetect.data.perturbations import Perturbation
 from vitdetect.inference.scoring import TrainedModel, fake_probabilities
-from vitdetect.reports.metrics import classify, threshold_at_fpr
-from vitdetect.reports.robustness import ROBUSTNESS_NAME, robustness_figures
+from vitdetect.reports.metrics import classify, rates_at_threshold, threshold_at_fpr
+from vitdetect.reports.robustness import robustness_figures
 from vitdetect.utils.atomic import atomic_write_text
 from vitdetect.utils.progress import Reporter
 
@@ -87,14 +88,13 @@ def row_metrics(labels: np.ndarray, p_fake: np.ndarray, clean: np.ndarray, thres
 
     predicted = classify(p_fake, threshold)
     both_classes = len(np.unique(labels)) == 2
-    real, fake = labels == 0, labels == 1
-    called_fake = None if fixed_threshold is None else p_fake >= fixed_threshold
+    fpr, tpr = (None, None) if fixed_threshold is None else rates_at_threshold(labels, p_fake, fixed_threshold)
     change = p_fake - clean
     return {
         "accuracy": float(np.mean(predicted == labels)),
         "roc_auc": float(roc_auc_score(labels, p_fake)) if both_classes else None,
-        "tpr_at_target_fpr": None if called_fake is None else float(called_fake[fake].mean()),
-        "fpr_at_target_fpr": None if called_fake is None else float(called_fake[real].mean()),
+        "tpr_at_target_fpr": tpr,
+        "fpr_at_target_fpr": fpr,
         "flip_share": float(np.mean(predicted != classify(clean, threshold))),
         "mean_p_fake_change": {name: float(change[labels == index].mean()) if np.any(labels == index) else None
                                for index, name in enumerate(CLASS_NAMES)},

@@ -7,23 +7,23 @@ checked with `onnx.checker` and run once with ONNX Runtime against PyTorch befor
 
 from __future__ import annotations
 
-import copy
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from vitdetect.config.commands import ExportFormat, ExportSettings
+from vitdetect.config.run_files import METRICS_NAME
 from vitdetect.errors import UsageError, VitdetectError
 from vitdetect.export.model_card import render_model_card
 from vitdetect.inference.onnx import INPUT_NAME, OUTPUT_NAME, OnnxModel, onnx_metadata, require
-from vitdetect.inference.scoring import TrainedModel
+from vitdetect.inference.scoring import TrainedModel, fake_probability, fold_temperature
 from vitdetect.models.build import LogitsOnly
 from vitdetect.models.checkpoint import write_pretrained
-from vitdetect.reports.metrics import METRICS_NAME, read_metrics
+from vitdetect.reports.metrics import read_metrics
 from vitdetect.utils.atomic import atomic_write, atomic_write_dir, ensure_writable_parent
 
 CARD_NAME = "README.md"
@@ -46,8 +46,8 @@ def export(settings: ExportSettings) -> ExportResult:
     if settings.format == ExportFormat.onnx:
         require("onnx", "onnxscript", "onnxruntime")
     trained = TrainedModel.load(settings.checkpoint)
-    temperature = checkpoint_temperature(trained, settings.checkpoint)
-    model = calibrated_copy(trained.model, temperature)
+    temperature = trained.temperature
+    model = fold_temperature(trained.model, temperature)
     if settings.format == ExportFormat.onnx:
         source = f"{settings.checkpoint.name}, epoch {trained.checkpoint.get('epoch')}"
         notes = export_onnx(model, trained, temperature, settings.output, source)
@@ -65,25 +65,6 @@ def check_output(output: Path, fmt: str, overwrite: bool) -> None:
         raise UsageError(f"--output {output} is a {'folder' if output.is_dir() else 'file'}; --format {fmt} "
                          f"writes a {kind}")
     ensure_writable_parent(output)
-
-
-def checkpoint_temperature(trained: TrainedModel, source: Path) -> float:
-    """The calibration temperature the checkpoint stores (key `temperature`); 1.0 when it has none."""
-    stored = trained.checkpoint.get("temperature")
-    if stored is None:
-        return 1.0
-    if isinstance(stored, bool) or not isinstance(stored, (int, float)) or not math.isfinite(stored) or stored <= 0:
-        raise VitdetectError(f"checkpoint {source} has an invalid temperature {stored!r} (must be a positive number)")
-    return float(stored)
-
-
-def calibrated_copy(model: torch.nn.Module, temperature: float) -> torch.nn.Module:
-    """A copy of the model whose logits are the original logits / temperature (the classifier is linear)."""
-    folded = copy.deepcopy(model).eval()
-    with torch.no_grad():
-        folded.classifier.weight.div_(temperature)
-        folded.classifier.bias.div_(temperature)
-    return folded
 
 
 def export_onnx(model: torch.nn.Module, trained: TrainedModel, temperature: float, output: Path,
@@ -127,9 +108,8 @@ def parity_gap(model: torch.nn.Module, trained: TrainedModel, exported: OnnxMode
     images = torch.randint(0, 256, (PARITY_IMAGES, 3, side, side), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        expected = torch.softmax(model(pixel_values=to_model_input(images, trained.prep)).logits, dim=-1)[:, 1]
-    return float((torch.from_numpy(exported.fake_probabilities(images, PARITY_IMAGES)) - expected.double())
-                 .abs().max())
+        expected = fake_probability(model(pixel_values=to_model_input(images, trained.prep)).logits)
+    return float(np.abs(exported.fake_probabilities(images, PARITY_IMAGES) - expected).max())
 
 
 def export_hf(model: torch.nn.Module, trained: TrainedModel, temperature: float, output: Path,

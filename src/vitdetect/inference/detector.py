@@ -11,7 +11,7 @@ exported ONNX file runs in ONNX Runtime after the same decoder and `transforms.t
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,20 +20,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vitdetect.config.commands import Backend, EvaluateSettings, PredictSettings
 from vitdetect.config.labels import ID2LABEL
+from vitdetect.config.run_files import BEST_NAME, DEFAULT_RUN_DIR
 from vitdetect.data.dataset import decode_images
 from vitdetect.data.decode import open_image
-from vitdetect.data.files import find_images
-from vitdetect.errors import UsageError, VitdetectError
+from vitdetect.errors import UsageError
 from vitdetect.inference.explain import as_picture, check_method, default_method, explain_images
 from vitdetect.inference.onnx import OnnxModel
-from vitdetect.inference.output import check_output, output_format, render, summary_line
 from vitdetect.inference.scoring import TrainedModel, fake_probabilities
-from vitdetect.models.builtin import BUILTIN, announcement, is_builtin, resolve_checkpoint
+from vitdetect.models.builtin import BUILTIN, resolve_checkpoint
 from vitdetect.reports.metrics import classify
-from vitdetect.reports.overlays import Explained, write_explanations
-from vitdetect.utils.atomic import atomic_write_text
+from vitdetect.reports.overlays import Explained
 from vitdetect.utils.distributed import make_accelerator
 from vitdetect.utils.progress import Reporter
 
@@ -41,6 +38,7 @@ ImageSource = str | Path | bytes | Image.Image
 # An image resized by more than this factor to the stored size is far from what the model was trained on.
 FAR_FROM_TRAINING_SCALE = 2.0
 DEFAULT_CHUNK = 512  # images decoded and held at once: flat memory on huge folders, a lively bar
+DEFAULT_BATCH = 64  # images per forward pass
 
 
 @dataclass(frozen=True)
@@ -60,13 +58,32 @@ class Prediction:
 
 
 class Detector:
-    """A trained checkpoint (or an exported ONNX file) ready to judge images: paths, raw bytes or PIL images."""
+    """A trained checkpoint (or an exported ONNX file) ready to judge images: paths, raw bytes or PIL images.
+
+    The object `vitdetect predict` and `vitdetect serve` are built on. It owns a thread that decodes the next
+    chunk of images while one is scored: use it as a context manager, or call close(), to stop that thread.
+
+    Args:
+        trained: the model, from `TrainedModel.load` or `OnnxModel.load` (or use from_checkpoint / from_onnx).
+        threshold: FAKE when P(FAKE) >= threshold; None: the checkpoint's own (0.5 unless evaluate set one).
+        batch_size: images per forward pass.
+        accelerator: an Accelerate `Accelerator` (device, processes); None: one for this machine.
+        reporter: where progress goes; None: silent.
+        chunk_size: images decoded and held in memory at once.
+
+    Example:
+        >>> from vitdetect import Detector
+        >>> with Detector.from_checkpoint("builtin", batch_size=32) as detector:
+        ...     verdicts = detector.predict(["photo.jpg", "render.png"])
+        >>> [(v.label, round(v.p_fake, 3)) for v in verdicts if v.ok]
+        [('REAL', 0.012), ('FAKE', 0.981)]
+    """
 
     def __init__(
         self,
         trained: TrainedModel | OnnxModel,
         threshold: float | None = None,
-        batch_size: int = PredictSettings.model_fields["batch_size"].default,
+        batch_size: int = DEFAULT_BATCH,
         accelerator=None,
         reporter: Reporter | None = None,
         chunk_size: int = DEFAULT_CHUNK,
@@ -80,6 +97,16 @@ class Detector:
         # Decodes the next chunk while one is scored; kept for the Detector's life, as a thread started per
         # call cost a server's small calls more than their decoding.
         self.prefetch = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vitdetect-prefetch")
+
+    def close(self) -> None:
+        """Stop the decoding thread; the Detector cannot judge afterwards."""
+        self.prefetch.shutdown(wait=True)
+
+    def __enter__(self) -> Detector:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **options) -> Detector:
@@ -198,56 +225,7 @@ def _name(source: ImageSource, index: int) -> str:
     raise TypeError(f"cannot judge a {type(source).__name__}: pass a path, bytes or a PIL image")
 
 
-@dataclass
-class PredictRun:
-    results: list[Prediction]
-    threshold: float
-    main_process: bool
-
-    @property
-    def failed(self) -> int:
-        return sum(not result.ok for result in self.results)
-
-
-def run(settings: PredictSettings, patterns: Sequence[str], reporter: Reporter | None = None) -> PredictRun:
-    """`vitdetect predict`: find the images, judge them, write --output; the caller prints."""
-    found = find_images(patterns, settings.recursive)
-    if settings.output:
-        check_output(settings.output)
-    accelerator = make_accelerator(cpu=settings.cpu)
-    reporter = reporter or Reporter(settings.quiet, enabled=accelerator.is_main_process)
-    if found.ignored:
-        examples = ", ".join(path.name for path in found.ignored[:3])
-        reporter.info(f"ignored {len(found.ignored)} file(s) without an image extension ({examples}"
-                      f"{', ...' if len(found.ignored) > 3 else ''})")
-    options = dict(threshold=settings.threshold, batch_size=settings.batch_size, accelerator=accelerator,
-                   reporter=reporter)
-    checkpoint = settings.checkpoint or default_checkpoint()
-    if settings.backend == Backend.onnx:
-        detector = Detector.from_onnx(checkpoint, cpu=settings.cpu, **options)
-    elif Path(checkpoint).suffix.lower() == ".onnx":
-        raise UsageError(f"{checkpoint} is an ONNX file: add --backend onnx to run it with ONNX Runtime")
-    else:
-        if is_builtin(checkpoint) and settings.checkpoint is None:
-            reporter.info(announcement())
-        detector = Detector.from_checkpoint(checkpoint, **options)
-    if settings.explain:
-        method = detector.explanation_method(settings.explain_method)
-        check_method(method)  # the model's own method may need grad-cam or captum: fail before judging
-    results = detector.predict(found.paths)
-    if settings.explain and accelerator.is_main_process:
-        written = write_explanations(detector, found.paths, settings.explain, method)
-        reporter.info(f"wrote {written:,} explanation(s) ({method}) to {settings.explain}")
-    if settings.output and accelerator.is_main_process:
-        try:
-            atomic_write_text(settings.output, render(results, output_format(settings)))
-        except OSError as exc:
-            raise VitdetectError(f"cannot write --output {settings.output}: {exc.strerror or exc}") from None
-    reporter.info(summary_line(results))
-    return PredictRun(results, detector.threshold, accelerator.is_main_process)
-
-
 def default_checkpoint() -> Path | str:
     """results/best_model.pth when a run left one here, else the built-in detector."""
-    trained_here = EvaluateSettings.model_fields["checkpoint"].default
+    trained_here = DEFAULT_RUN_DIR / BEST_NAME
     return trained_here if trained_here.exists() else BUILTIN

@@ -46,7 +46,6 @@ from vitdetect.models.build import LogitsOnly, encoder_blocks, is_vit
 
 METHODS = ("rollout", "gradcam", "occlusion")
 PACKAGES = {"gradcam": ("pytorch_grad_cam", "grad-cam"), "occlusion": ("captum", "captum")}  # import, PyPI name
-ERRORS_NAME = "errors"
 EXPLAIN_BATCH = 64
 MISTAKE_KINDS = {"REAL called FAKE": (0, True), "FAKE called REAL": (1, False)}  # true label, called FAKE
 

@@ -21,6 +21,7 @@ import torch
 from vitdetect.config.labels import POSITIVE_CLASS
 from vitdetect.data.transforms import Preprocessing, to_model_input
 from vitdetect.errors import UsageError, VitdetectError
+from vitdetect.inference.scoring import fake_probability
 
 INSTALL_HINT = "pip install 'vitdetect[onnx]'"
 INPUT_NAME = "pixel_values"
@@ -111,8 +112,7 @@ class OnnxModel:
         probabilities = np.empty(len(images), dtype=np.float64)
         for start in range(0, len(images), batch_size):
             pixels = to_model_input(images[start:start + batch_size], self.prep).numpy()
-            logits = torch.from_numpy(self.logits(pixels))
-            probabilities[start:start + len(pixels)] = torch.softmax(logits, dim=-1)[:, self.fake_index].double()
+            probabilities[start:start + len(pixels)] = fake_probability(self.logits(pixels), 1.0, self.fake_index)
         return probabilities
 
 

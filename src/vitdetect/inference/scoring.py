@@ -1,4 +1,6 @@
-"""Running a trained checkpoint over decoded images: shared by `evaluate` and `predict`.
+"""Running a trained checkpoint over decoded images: shared by `evaluate` and `predict`; and the calibrated
+P(FAKE) = softmax(logits / T)[FAKE] in one place: reading T from a checkpoint, applying it, folding it into the
+classifier for exports.
 
 Works in one process or under `accelerate launch` / `torchrun`: each process scores its shard and
 the results are gathered without the duplicates a padded distributed sampler adds.
@@ -6,6 +8,8 @@ the results are gathered without the duplicates a padded distributed sampler add
 
 from __future__ import annotations
 
+import copy
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,8 +18,10 @@ import numpy as np
 import torch
 
 import vitdetect.utils.distributed as distributed
+from vitdetect.config.labels import LABEL2ID, POSITIVE_CLASS
 from vitdetect.data.dataset import TensorBatches, keep_batch
 from vitdetect.data.transforms import Preprocessing, to_model_input
+from vitdetect.errors import VitdetectError
 from vitdetect.models.build import model_from_config
 from vitdetect.models.checkpoint import load_checkpoint
 from vitdetect.utils.progress import Reporter
@@ -40,8 +46,28 @@ class TrainedModel:
         prep = Preprocessing.from_dict(payload["preprocessing"])
         stored = payload.get("threshold")
         threshold = DEFAULT_THRESHOLD if stored is None else float(stored)
-        temperature = payload.get("temperature")
-        return cls(model, prep, threshold, payload, 1.0 if temperature is None else float(temperature))
+        return cls(model, prep, threshold, payload, stored_temperature(payload, path))
+
+
+def stored_temperature(payload: dict[str, Any], source: Path | str) -> float:
+    """The calibration temperature a checkpoint stores (key `temperature`); 1.0 when it has none. A stored value
+    that is not a positive number is refused, never silently replaced."""
+    stored = payload.get("temperature")
+    if stored is None:
+        return 1.0
+    if isinstance(stored, bool) or not isinstance(stored, int | float) or not math.isfinite(stored) or stored <= 0:
+        raise VitdetectError(f"checkpoint {source} has an invalid temperature {stored!r} (must be a positive number)")
+    return float(stored)
+
+
+def fold_temperature(model: torch.nn.Module, temperature: float) -> torch.nn.Module:
+    """A copy of the model whose classifier gives logits / T (weight and bias divided by T): exported models and
+    plain transformers then compute the calibrated P(FAKE) without knowing T."""
+    folded = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        folded.classifier.weight.div_(temperature)
+        folded.classifier.bias.div_(temperature)
+    return folded
 
 
 def fake_probabilities(trained: TrainedModel, images: torch.Tensor, batch_size: int, *scoring) -> np.ndarray:
@@ -52,10 +78,11 @@ def fake_probabilities(trained: TrainedModel, images: torch.Tensor, batch_size: 
     return fake_probability(model_logits(trained, images, batch_size, *scoring), trained.temperature)
 
 
-def fake_probability(logits: torch.Tensor, temperature: float = 1.0) -> np.ndarray:
-    """P(FAKE) from Nx2 logits at a temperature, in float64: the one definition evaluate, predict,
-    calibrate and the exported model agree on."""
-    return torch.softmax(logits.double() / temperature, dim=-1)[:, 1].numpy()
+def fake_probability(logits: torch.Tensor | np.ndarray, temperature: float = 1.0,
+                     fake_index: int = LABEL2ID[POSITIVE_CLASS]) -> np.ndarray:
+    """P(FAKE) from Nx2 logits at a temperature, in float64: the one definition evaluate, predict, calibrate,
+    ONNX Runtime and the export's parity check agree on. fake_index: FAKE's column (an ONNX file's id2label)."""
+    return torch.softmax(torch.as_tensor(logits).double() / temperature, dim=-1)[:, fake_index].numpy()
 
 
 def model_logits(

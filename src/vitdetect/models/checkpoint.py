@@ -22,13 +22,11 @@ import torch
 from vitdetect.data.transforms import Preprocessing
 from vitdetect.errors import VitdetectError
 from vitdetect.models.builtin import resolve_checkpoint
-from vitdetect.utils.atomic import atomic_torch_save, atomic_write_dir, write_failures_as_os_errors
+from vitdetect.utils.atomic import atomic_write_dir, write_failures_as_os_errors
+from vitdetect.utils.torch_files import atomic_torch_save
 
 FORMAT = "vitdetect"
 FORMAT_VERSION = 1
-BEST_NAME = "best_model.pth"
-LAST_NAME = "last.pth"
-PRETRAINED_DIR_NAME = "best_model"
 # What a checkpoint must hold to rebuild its model, and what `train --resume` needs on top.
 MODEL_KEYS = frozenset({"model_config", "state_dict", "preprocessing"})
 RESUME_KEYS = MODEL_KEYS | {"settings", "optimizer", "scheduler", "rng", "train_state", "history"}

@@ -20,10 +20,6 @@ import numpy as np
 
 from vitdetect.errors import VitdetectError
 
-METRICS_NAME = "metrics.json"
-PREDICTIONS_NAME = "predictions.csv"
-EPOCH_HISTORY_NAME = "history.csv"  # written by train, read by plots
-BATCH_HISTORY_NAME = "batch_history.csv"
 PREDICTION_COLUMNS = ("path", "true_label", "p_fake", "predicted_label")
 UNCALIBRATED_COLUMN = "p_fake_uncalibrated"  # P(FAKE) at T = 1, for the reliability diagram's "before" curve
 CALIBRATION_BINS = 15
@@ -49,6 +45,15 @@ def epoch_metrics(labels: np.ndarray, predictions: np.ndarray, losses: np.ndarra
 def classify(p_fake: np.ndarray, threshold: float) -> np.ndarray:
     """Label ids: 1 (FAKE) where P(FAKE) >= threshold, else 0 (REAL)."""
     return (np.asarray(p_fake) >= threshold).astype(np.int64)
+
+
+def rates_at_threshold(labels: np.ndarray, p_fake: np.ndarray, threshold: float) -> tuple[float, float]:
+    """(FPR, TPR) of calling FAKE where P(FAKE) >= threshold: the share of REAL and of FAKE images called FAKE
+    (nan for a class that is absent)."""
+    labels, called_fake = np.asarray(labels), classify(p_fake, threshold).astype(bool)
+    real, fake = labels == 0, labels == 1
+    return (float(called_fake[real].mean()) if real.any() else math.nan,
+            float(called_fake[fake].mean()) if fake.any() else math.nan)
 
 
 def threshold_at_fpr(labels: np.ndarray, p_fake: np.ndarray, target_fpr: float) -> dict[str, float] | None:

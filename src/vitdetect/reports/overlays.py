@@ -7,15 +7,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vitdetect.errors import UsageError
-from vitdetect.reports.plots import CLASS_COLOURS, save
-
-if TYPE_CHECKING:
-    from vitdetect.inference.detector import Detector
+from vitdetect.reports.figures import CLASS_COLOURS, save
 
 HEATMAP_COLOURS = "inferno"
 HEATMAP_ALPHA = 0.55
@@ -85,23 +80,6 @@ def draw_error_gallery(path: Path, rows: dict[str, list[Explained]], method: str
                         fontweight="bold")
 
     return save(path, fmt, draw)
-
-
-def write_explanations(detector: Detector, paths: Sequence[Path], folder: Path, method: str) -> int:
-    """One PNG per readable image in folder, named after it (a number added when two names collide)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create --explain folder {folder}: {exc.strerror or exc}") from None
-    names = unique_stems(paths)
-    written = 0
-    for start in range(0, len(paths), detector.chunk_size):
-        chunk = slice(start, start + detector.chunk_size)
-        for item, stem in zip(detector.explained(paths[chunk], method), names[chunk], strict=True):
-            if item is not None:
-                draw_explanation(folder / f"{stem}.png", item, method, detector.threshold)
-                written += 1
-    return written
 
 
 def unique_stems(paths: Sequence[Path]) -> list[str]:

@@ -8,49 +8,31 @@ atomically. REAL and FAKE keep the same colours in every figure.
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from vitdetect.config.labels import CLASS_NAMES, POSITIVE_CLASS
-from vitdetect.errors import VitdetectError
-from vitdetect.reports.metrics import (
+from vitdetect.config.labels import POSITIVE_CLASS
+from vitdetect.config.run_files import (
     BATCH_HISTORY_NAME,
     EPOCH_HISTORY_NAME,
+    EVALUATION_FIGURES,
     METRICS_NAME,
     PREDICTIONS_NAME,
+    TRAINING_FIGURES,
+)
+from vitdetect.errors import VitdetectError
+from vitdetect.reports.figures import CLASS_COLOURS, GUIDE, SPLIT_COLOURS, PlotResult, save
+from vitdetect.reports.metrics import (
     Predictions,
     calibration_bins,
-    classify,
+    rates_at_threshold,
     read_metrics,
     read_predictions,
 )
-from vitdetect.utils.atomic import atomic_write
 
-FORMATS = ("png", "svg", "pdf")
-TRAINING_FIGURES = ("epoch_training_curves", "batch_training_curves")
-EVALUATION_FIGURES = ("confusion_matrix", "roc_curve", "pr_curve", "score_histogram", "calibration")
-DPI = 150
-# seaborn's colour-blind palette: blue, vermillion, green, pink; dark grey for reference lines.
-CLASS_COLOURS = dict(zip(CLASS_NAMES, ("#0173b2", "#d55e00"), strict=True))
-SPLIT_COLOURS = {"train": "#029e73", "validation": "#cc78bc"}
-GUIDE = "#404040"
 HISTOGRAM_BINS = 50
 SMOOTHING_POINTS = 25  # the most points one moving average spans; an eighth of them when fewer
-
-
-@dataclass
-class PlotResult:
-    """The figures written, and a note for each one skipped because its inputs are missing."""
-
-    written: list[Path] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-
-    def add(self, other: PlotResult) -> PlotResult:
-        return PlotResult(self.written + other.written, self.skipped + other.skipped)
 
 
 def all_figures(results_dir: Path, fmt: str = "png") -> PlotResult:
@@ -60,7 +42,8 @@ def all_figures(results_dir: Path, fmt: str = "png") -> PlotResult:
         raise VitdetectError(
             f"results dir not found: {results_dir} (run `vitdetect train` and `vitdetect evaluate`)"
         )
-    from vitdetect.reports.robustness import ROBUSTNESS_NAME, robustness_figures
+    from vitdetect.config.run_files import ROBUSTNESS_NAME
+    from vitdetect.reports.robustness import robustness_figures
 
     result = training_figures(results_dir, fmt).add(evaluation_figures(results_dir, fmt))
     result = result.add(robustness_figures(results_dir, fmt))
@@ -116,28 +99,6 @@ def read_table(path: Path) -> dict[str, np.ndarray] | None:
         return {column: np.array([float(row[column]) for row in rows]) for column in rows[0]}
     except (OSError, ValueError, TypeError, csv.Error) as exc:
         raise VitdetectError(f"cannot read {path}: {exc}") from None
-
-
-@contextmanager
-def style() -> Iterator[None]:
-    """seaborn's whitegrid look for the figures drawn inside, without changing global settings."""
-    import seaborn as sns
-
-    with sns.axes_style("whitegrid"), sns.plotting_context("notebook"):
-        yield
-
-
-def save(path: Path, fmt: str, draw: Callable) -> Path:
-    """Draw on a fresh Figure and write it atomically as path."""
-    if fmt not in FORMATS:
-        raise VitdetectError(f"unknown figure format '{fmt}' (choose from {', '.join(FORMATS)})")
-    from matplotlib.figure import Figure
-
-    with style():
-        figure = Figure(figsize=(7, 5.5), layout="constrained")
-        draw(figure)
-        atomic_write(path, lambda tmp: figure.savefig(tmp, format=fmt, dpi=DPI))
-    return path
 
 
 def draw_epoch_curves(figure, history: dict[str, np.ndarray]) -> None:
@@ -216,7 +177,7 @@ def draw_roc_curve(figure, metrics: dict, predictions: Predictions) -> None:
     fpr, tpr, _ = roc_curve(predictions.labels, predictions.p_fake, pos_label=1)
     ax.plot(fpr, tpr, color=CLASS_COLOURS[POSITIVE_CLASS], linewidth=2, label=f"ROC (AUC = {metrics['roc_auc']:.4f})")
     ax.plot([0, 1], [0, 1], color=GUIDE, linestyle="--", linewidth=1, label="chance (AUC = 0.5)")
-    point_fpr, point_tpr = operating_point(predictions, metrics["threshold"])
+    point_fpr, point_tpr = rates_at_threshold(predictions.labels, predictions.p_fake, metrics["threshold"])
     ax.scatter([point_fpr], [point_tpr], color=GUIDE, zorder=3, s=40,
                label=f"threshold {metrics['threshold']:.4g}: TPR {point_tpr:.3f} at FPR {point_fpr:.3f}")
     markers = iter("Ds^v")
@@ -228,13 +189,6 @@ def draw_roc_curve(figure, metrics: dict, predictions: Predictions) -> None:
            xlabel="false positive rate (REAL called FAKE)", ylabel="true positive rate (FAKE caught)",
            title=f"ROC curve, FAKE = positive class\n{subtitle(metrics)}")
     ax.legend(loc="lower right", fontsize="small")
-
-
-def operating_point(predictions: Predictions, threshold: float) -> tuple[float, float]:
-    """(FPR, TPR) of classifying at threshold."""
-    called_fake = classify(predictions.p_fake, threshold).astype(bool)
-    real, fake = predictions.labels == 0, predictions.labels == 1
-    return float(called_fake[real].mean()), float(called_fake[fake].mean())
 
 
 def draw_pr_curve(figure, metrics: dict, predictions: Predictions) -> None:

@@ -7,11 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vitdetect.config.run_files import ROBUSTNESS_FIGURE, ROBUSTNESS_NAME
 from vitdetect.errors import VitdetectError
-from vitdetect.reports.plots import GUIDE, PlotResult, save
+from vitdetect.reports.figures import GUIDE, PlotResult, save
 
-ROBUSTNESS_NAME = "robustness.json"
-ROBUSTNESS_FIGURE = "robustness"
 # seaborn's colour-blind palette, one colour per family
 FAMILY_COLOURS = {"jpeg": "#0173b2", "blur": "#de8f05", "downscale": "#029e73", "noise": "#cc78bc"}
 LABEL_GAP = 0.045  # of the axis height: one 7-point label in a 5.5-inch figure, plus a little

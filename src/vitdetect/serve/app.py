@@ -81,7 +81,7 @@ def model_info(detector: Detector, settings: ServeSettings) -> ModelInfo:
     return ModelInfo(
         name=name, checkpoint=Path(settings.checkpoint).name, epoch=payload.get("epoch"),
         parameters=sum(parameter.numel() for parameter in trained.model.parameters()),
-        threshold=detector.threshold, temperature=float(payload.get("temperature") or 1.0),
+        threshold=detector.threshold, temperature=trained.temperature,
         labels=dict(ID2LABEL), positive_class=POSITIVE_CLASS, preprocessing=trained.prep.to_dict(),
         metrics=payload.get("metrics") or {}, explanations=detector.explanations_unavailable() is None,
         limits=Limits(max_files=settings.max_files, max_upload_mb=settings.max_upload_mb,

@@ -13,14 +13,20 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from vitdetect.config.run_files import (
+    BATCH_HISTORY_NAME,
+    BEST_NAME,
+    CONFIG_NAME,
+    EPOCH_HISTORY_NAME,
+    LAST_NAME,
+    PRETRAINED_DIR_NAME,
+    RUN_EVIDENCE,
+    RUN_OUTPUTS,
+)
 from vitdetect.config.settings import Schedule, TrainSettings, build_settings
-from vitdetect.data.dataset import SKIPPED_NAME
 from vitdetect.data.transforms import Preprocessing
 from vitdetect.errors import UsageError, VitdetectError
 from vitdetect.models.checkpoint import (
-    BEST_NAME,
-    LAST_NAME,
-    PRETRAINED_DIR_NAME,
     load_checkpoint,
     model_payload,
     restore_rng_state,
@@ -28,20 +34,8 @@ from vitdetect.models.checkpoint import (
     save_checkpoint,
     save_pretrained_dir,
 )
-from vitdetect.reports.metrics import BATCH_HISTORY_NAME, EPOCH_HISTORY_NAME, METRICS_NAME, PREDICTIONS_NAME
-from vitdetect.reports.plots import EVALUATION_FIGURES, FORMATS, TRAINING_FIGURES
-from vitdetect.training.distill import TEACHER_NAME
 from vitdetect.utils.atomic import atomic_write_text, remove_leftovers, remove_path
 
-CONFIG_NAME = "config.json"
-# Everything train and evaluate write into a run's folder: what --overwrite removes.
-RUN_OUTPUTS = (BEST_NAME, LAST_NAME, PRETRAINED_DIR_NAME, CONFIG_NAME, EPOCH_HISTORY_NAME, BATCH_HISTORY_NAME,
-               SKIPPED_NAME, METRICS_NAME, PREDICTIONS_NAME, TEACHER_NAME,
-               *(f"{name}.{fmt}" for name in TRAINING_FIGURES + EVALUATION_FIGURES for fmt in FORMATS))
-# What a new run would destroy: a model, its history, its evaluation. A run stopped before its first epoch
-# ended leaves only config.json (and skipped_images.json): nothing to lose, so a new run replaces them.
-RUN_EVIDENCE = (BEST_NAME, LAST_NAME, PRETRAINED_DIR_NAME, EPOCH_HISTORY_NAME, BATCH_HISTORY_NAME, METRICS_NAME,
-                PREDICTIONS_NAME)
 # Settings a resumed run may change: none of them alters what the finished run means.
 RESUMABLE_CHANGES = frozenset({"epochs", "quiet", "num_workers", "cache_dir", "report_to", "run_name", "logging_dir",
                                "calibrate"})

@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 
 import vitdetect.utils.distributed as distributed
+from vitdetect.config.run_files import TEACHER_NAME
 from vitdetect.config.settings import TrainSettings
 from vitdetect.data.transforms import Preprocessing, build_augmentation, to_model_input
-from vitdetect.utils.atomic import atomic_torch_save
 from vitdetect.utils.progress import Reporter
+from vitdetect.utils.torch_files import atomic_torch_save
 
-TEACHER_NAME = "teacher.pth"
 TEACHER_LR = 2e-3
 TEACHER_WEIGHT_DECAY = 0.05
 

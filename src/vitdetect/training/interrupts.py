@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from vitdetect.config.run_files import LAST_NAME
 from vitdetect.errors import Terminated, VitdetectError
-from vitdetect.models.checkpoint import LAST_NAME
 
 
 class Interrupted(VitdetectError):

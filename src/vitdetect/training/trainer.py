@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from vitdetect.config.settings import TrainMode, TrainSettings
 from vitdetect.data.dataset import TensorBatches, keep_batch, load_split_reported, stratified_sample, stratified_split
-from vitdetect.data.transforms import Preprocessing, to_model_input, training_augmentation
+from vitdetect.data.transforms import Preprocessing, build_augmentation, to_model_input
 from vitdetect.errors import VitdetectError
 from vitdetect.evaluation.calibration import TemperatureFit, after_training
 from vitdetect.models.build import input_side, load_model, model_from_config, set_trainable
@@ -292,3 +292,12 @@ def epoch_line(row: dict[str, float], epochs: int) -> str:
         f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} f1 {row['val_f1']:.4f} "
         f"({row['seconds']:.1f}s)"
     )
+
+
+def training_augmentation(settings: TrainSettings, storage_size: int) -> torch.nn.Module | None:
+    """The augmentation a training run's settings ask for; None with --no-augment."""
+    if not settings.augment:
+        return None
+    return build_augmentation(settings.rotation_degrees, settings.color_jitter, settings.crop_padding, storage_size,
+                              jpeg=settings.augment_jpeg, jpeg_quality=settings.augment_jpeg_quality,
+                              blur=settings.augment_blur, blur_sigma=settings.augment_blur_sigma)

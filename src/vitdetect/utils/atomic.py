@@ -42,17 +42,6 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def atomic_torch_save(path: Path, obj: object) -> None:
-    """torch.save(obj) to path atomically; a failed write raises OSError, like any other write."""
-    import torch
-
-    def write(tmp: Path) -> None:
-        with write_failures_as_os_errors():
-            torch.save(obj, tmp)
-
-    atomic_write(path, write)
-
-
 @contextmanager
 def write_failures_as_os_errors() -> Iterator[None]:
     """torch's zip writer and safetensors report a failed write (disk full, quota) with their own

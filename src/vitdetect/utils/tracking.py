@@ -22,10 +22,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from vitdetect.config.run_files import ROBUSTNESS_NAME
 from vitdetect.errors import UsageError, VitdetectError
 
 PROJECT = "vitdetect"  # the MLflow experiment, the W&B project
-ROBUSTNESS_NAME = "robustness.json"  # written by `evaluate --robustness` (issue 12); logged when present
 MLFLOW_STORE = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"
 EXTRA = "pip install 'vitdetect[tracking]'"
