@@ -43,7 +43,17 @@ class _FigureSettings(_Settings):
 
 
 class EvaluateSettings(_FigureSettings, _TrackingSettings):
-    """`vitdetect evaluate`: score a split with a checkpoint, save metrics, predictions and figures."""
+    """`vitdetect evaluate`: score a split with a checkpoint, save metrics, predictions and figures.
+
+    Each field is a flag of `vitdetect evaluate` with underscores for dashes, with the same default and description
+    (`vitdetect evaluate --help`).
+
+    Examples:
+        >>> from vitdetect import EvaluateSettings
+        >>> settings = EvaluateSettings(checkpoint="runs/pvt/best_model.pth", robustness=True)
+        >>> settings.split, settings.data_dir
+        ('test', PosixPath('data/cifake'))
+    """
 
     checkpoint: Path = Field(
         DEFAULT_RUN_DIR / BEST_NAME,

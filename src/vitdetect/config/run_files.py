@@ -81,5 +81,6 @@ def markdown_table() -> str:
             "| --- | --- | --- | --- |"]
     for entry in RUN_FILES:
         name = f"`{entry.name}.{{{','.join(FIGURE_FORMATS)}}}`" if entry.figure else f"`{entry.name}`"
-        rows.append(f"| {name} | `vitdetect {entry.writer}` | {entry.reader} | {'yes' if entry.evidence else 'no'} |")
+        writers = ", ".join(f"`vitdetect {writer}`" for writer in entry.writer.split(", "))
+        rows.append(f"| {name} | {writers} | {entry.reader} | {'yes' if entry.evidence else 'no'} |")
     return "\n".join(rows) + "\n"

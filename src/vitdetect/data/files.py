@@ -25,6 +25,22 @@ def find_images(patterns: Sequence[str | Path], recursive: bool = False) -> Foun
 
     A file named explicitly is judged whatever its name; in folders and glob matches only files with
     an image extension are, and hidden files (.DS_Store, macOS ._ copies) are skipped.
+
+    Args:
+        patterns: image files, folders and glob patterns (`"shots/*.png"`, `"shots/**/*.jpg"`).
+        recursive: take the images of sub-folders too.
+
+    Returns:
+        The image paths, in order and without duplicates, and the non-image files the folders held (`ignored`).
+
+    Raises:
+        UsageError: no patterns, a path that does not exist and matches nothing, or no image found.
+
+    Examples:
+        >>> from vitdetect import Detector, find_images
+        >>> found = find_images(["shots/"], recursive=True)
+        >>> with Detector.from_checkpoint("builtin") as detector:
+        ...     verdicts = detector.predict(found.paths)
     """
     if not patterns:
         raise UsageError("no images given: pass files, folders or glob patterns (vitdetect predict PATH...)")

@@ -46,7 +46,28 @@ class EvaluationResult:
 
 
 def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> EvaluationResult:
-    """Evaluate, holding the output folder's lock (and the checkpoint's, when its threshold is rewritten)."""
+    """Evaluate, holding the output folder's lock (and the checkpoint's, when its threshold is rewritten).
+
+    What `vitdetect evaluate` runs: scores `settings.data_dir / settings.split` with the checkpoint and writes
+    metrics.json, predictions.csv and the figures (and robustness.json with `settings.robustness`).
+
+    Args:
+        settings: the checkpoint (a path, or "builtin"), the data and split, the output folder (None: the
+            checkpoint's), and what else to compute.
+        reporter: where progress and messages go; None: the console (quiet with `settings.quiet`).
+
+    Returns:
+        The metrics (metrics.json's content), the output folder, the figures written, the threshold stored by
+            `set_threshold_at_fpr` and the robustness report, if asked for.
+
+    Raises:
+        VitdetectError: a missing or damaged checkpoint, bad data, a folder in use, a failed write.
+
+    Examples:
+        >>> from vitdetect import EvaluateSettings, evaluate
+        >>> result = evaluate(EvaluateSettings(checkpoint="builtin", data_dir="data/cifake", output_dir="eval"))
+        >>> result.metrics["accuracy"], result.metrics["roc_auc"]
+    """
     started = time.perf_counter()
     suite = resolve_suite(settings.perturbations) if settings.robustness else []  # a bad name fails at once
     if settings.set_threshold_at_fpr is not None:

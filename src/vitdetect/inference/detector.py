@@ -4,9 +4,9 @@
     for result in detector.predict(["photo.jpg", "render.png"]):
         print(result.path, result.label, result.p_fake)
 
-Images go through the one decoder (`images.decode_rgb`) and the scoring `evaluate` uses
-(`inference.fake_probabilities`), so an image gets the same P(FAKE) here as in predictions.csv. An
-exported ONNX file runs in ONNX Runtime after the same decoder and `transforms.to_model_input`.
+Images go through the one decoder (`data.decode`) and the scoring `evaluate` uses
+(`inference.scoring.fake_probabilities`), so an image gets the same P(FAKE) here as in predictions.csv. An
+exported ONNX file runs in ONNX Runtime after the same decoder and `data.transforms.to_model_input`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,16 @@ DEFAULT_BATCH = 64  # images per forward pass
 
 @dataclass(frozen=True)
 class Prediction:
-    """The verdict on one image, or why there is none (error)."""
+    """The verdict on one image, or why there is none (error).
+
+    Attributes:
+        path: the file's path as given; `<bytes #i>` or `<image #i>` for raw bytes and PIL images.
+        label: "REAL" or "FAKE"; None when the image could not be judged.
+        p_fake: P(FAKE), calibrated with the checkpoint's temperature; the image is FAKE when it is >= the threshold.
+        confidence: the probability of the predicted label (p_fake for FAKE, 1 - p_fake for REAL).
+        error: why the image could not be judged (unreadable, not an image, ...); None when it was.
+        note: why the verdict deserves caution, e.g. an image resized by more than 2x to the model's size.
+    """
 
     path: str
     label: str | None = None  # "REAL" or "FAKE"
@@ -71,12 +80,12 @@ class Detector:
         reporter: where progress goes; None: silent.
         chunk_size: images decoded and held in memory at once.
 
-    Example:
+    Examples:
         >>> from vitdetect import Detector
-        >>> with Detector.from_checkpoint("builtin", batch_size=32) as detector:
-        ...     verdicts = detector.predict(["photo.jpg", "render.png"])
-        >>> [(v.label, round(v.p_fake, 3)) for v in verdicts if v.ok]
-        [('REAL', 0.012), ('FAKE', 0.981)]
+        >>> with Detector.from_checkpoint("builtin", batch_size=32) as detector:  # two CIFAKE test images
+        ...     verdicts = detector.predict(["test/REAL/0000 (10).jpg", "test/FAKE/0 (2).jpg"])
+        >>> [(v.label, round(v.p_fake, 4)) for v in verdicts]
+        [('REAL', 0.0003), ('FAKE', 0.9774)]
     """
 
     def __init__(

@@ -33,7 +33,7 @@ RESIZE_RULE = (
     "(Image.resize(..., Image.BILINEAR)); scale to [0, 1]; normalise per channel: (x - mean) / std; if "
     "image_size differs from storage_size, resize the normalised values to image_size x image_size with "
     "antialiased bilinear interpolation (torch.nn.functional.interpolate(mode='bilinear', align_corners=False, "
-    "antialias=True)); see vitdetect/transforms.py"
+    "antialias=True)); see vitdetect/data/transforms.py"
 )
 USAGE = (
     "input pixel_values: float32 [batch, 3, image_size, image_size], RGB preprocessed as the 'resize' entry says; "
