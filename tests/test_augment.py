@@ -93,3 +93,29 @@ def test_the_flags_reach_the_training_batches(train_args, monkeypatch, single_th
 def test_bad_augmentation_flags_are_usage_errors(train_args, capsys, flags, expected):
     line = user_error(run_main(capsys, *train_args, *flags), code=2)
     assert expected in line
+
+
+def test_downscale_augmentation_is_the_suites_round_trip_on_the_chosen_images():
+    """--augment-downscale: the same antialiased down-and-up resize as the suite's down-scale family, applied to
+    about p of the images, at a factor drawn from the range (one per batch)."""
+    from vitdetect.data.perturbations import downscale_round_trip
+    from vitdetect.data.transforms import RandomDownscale
+
+    images = photo_like(64, 32)
+    steps = build_augmentation(0, False, downscale=0.4, downscale_factor=(2.0, 2.0), blur=0.5)
+    assert [type(step) for step in steps][-2:] == [RandomDownscale, K.RandomGaussianBlur]  # resized, then blurred
+    torch.manual_seed(0)
+    out = RandomDownscale(1.0, (2.0, 2.0))(images.float() / 255)
+    suite = downscale_round_trip(images, torch.Generator(), 2).float() / 255
+    assert (out - suite).abs().max() <= 1 / 255 + 1e-6  # the suite rounds to uint8, training stays in float
+    changed = (RandomDownscale(0.4, (2.0, 4.0))(images.float() / 255) != images.float() / 255).flatten(1).any(1)
+    assert 0.15 < changed.float().mean() < 0.65
+    assert torch.equal(RandomDownscale(0.0, (2.0, 4.0))(images.float()), images.float())
+
+
+def test_downscale_flags_are_checked(train_args, capsys):
+    line = user_error(run_main(capsys, *train_args, "--augment-downscale", "0.5", "--augment-downscale-factor", "3",
+                               "2"))
+    assert "--augment-downscale-factor" in line and "LOW <= HIGH" in line
+    line = user_error(run_main(capsys, *train_args, "--augment-downscale", "0.5", "--no-augment"))
+    assert "--augment-downscale are augmentations" in line

@@ -57,3 +57,18 @@ def test_uncached_hub_id_offline_is_one_clear_line(monkeypatch):
     with pytest.raises(VitdetectError, match="could not download model 'someone/not-cached-vit'") as error:
         load_model("someone/not-cached-vit")
     assert "save_pretrained" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_local_pvt_folder_loads_as_the_pvt_it_is_and_other_models_are_refused(tmp_path):
+    """An exported built-in detector (a PVTv2 folder) can be fine-tuned with --model FOLDER; a folder of a model
+    type vitdetect does not handle is one line, not a traceback."""
+    from transformers import ConvNextConfig, ConvNextForImageClassification, PvtV2Config, PvtV2ForImageClassification
+
+    pvt = PvtV2Config(image_size=32, hidden_sizes=[8, 16, 32, 64], num_attention_heads=[1, 1, 2, 2], num_labels=2)
+    PvtV2ForImageClassification(pvt).save_pretrained(tmp_path / "pvt")
+    model, _ = load_model(str(tmp_path / "pvt"))
+    assert type(model).__name__ == "PvtV2ForImageClassification" and model.config.num_labels == 2
+    ConvNextForImageClassification(ConvNextConfig(hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1])).save_pretrained(
+        tmp_path / "convnext")
+    with pytest.raises(UsageError, match="holds a 'convnext' model: vitdetect trains and runs vit and pvt_v2"):
+        load_model(str(tmp_path / "convnext"))

@@ -30,7 +30,8 @@ MAX_BATCH_SIZE = 2**20
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # Allowed (lowest, highest) of the robust-training ranges: JPEG quality 1-100; a blur sigma above 0 and
 # at most 10 pixels of the stored image (beyond that a 32x32 image is a flat colour).
-RANGE_LIMITS = {"augment_jpeg_quality": (1.0, 100.0), "augment_blur_sigma": (0.01, 10.0)}
+RANGE_LIMITS = {"augment_jpeg_quality": (1.0, 100.0), "augment_blur_sigma": (0.01, 10.0),
+                "augment_downscale_factor": (1.0, 16.0)}
 
 
 def default_cache_dir() -> Path:
@@ -104,7 +105,18 @@ class _TrackingSettings(_Settings):
 
 
 class TrainSettings(_TrackingSettings):
-    """`vitdetect train`. Defaults are the reference recipe: frozen backbone, head only."""
+    """`vitdetect train`. Defaults are the reference recipe: frozen backbone, head only.
+
+    Each field is a flag of `vitdetect train` with underscores for dashes (`--batch-size` is `batch_size`), with the
+    same default and the same description (`vitdetect train --help`); a `scratch:` preset in `model` brings its recipe
+    for every field not given. Settings are validated when made and cannot be changed afterwards.
+
+    Examples:
+        >>> from vitdetect import TrainSettings
+        >>> settings = TrainSettings(model="scratch:pvt-v2-32", output_dir="runs/pvt")
+        >>> settings.epochs, settings.lr, settings.train_mode  # the preset's recipe
+        (40, 0.002, 'full')
+    """
 
     data_dir: Path = Field(Path("data/cifake"), description="CIFAKE root holding train/{REAL,FAKE}.")
     output_dir: Path = Field(DEFAULT_RUN_DIR, description="Where checkpoints, history and figures go.")
@@ -155,6 +167,14 @@ class TrainSettings(_TrackingSettings):
         (0.1, 2.0), description="Robust training: the blur sigma range of --augment-blur, in stored-image pixels, "
         "drawn uniformly."
     )
+    augment_downscale: float = Field(
+        0.0, ge=0, le=1, description="Robust training: probability that a training image is down-scaled and "
+        "scaled back up (antialiased bilinear, as the robustness suite's down-scale family).",
+    )
+    augment_downscale_factor: tuple[float, float] = Field(
+        (1.5, 4.0), description="Robust training: the factor range of --augment-downscale (2: half the side), "
+        "drawn uniformly per batch."
+    )
     distill: bool = Field(
         False, description="Knowledge distillation: first train the small CNN teacher (288k parameters) on the same "
         "training split, then train the model on the labels mixed with the teacher's softened probabilities."
@@ -189,7 +209,7 @@ class TrainSettings(_TrackingSettings):
     )
     quiet: bool = Field(False, description="Print only errors and the final summary.")
 
-    @field_validator("augment_jpeg_quality", "augment_blur_sigma")
+    @field_validator("augment_jpeg_quality", "augment_blur_sigma", "augment_downscale_factor")
     @classmethod
     def _increasing_range(cls, value: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
         low, high = value
@@ -200,9 +220,9 @@ class TrainSettings(_TrackingSettings):
 
     @model_validator(mode="after")
     def _robust_augmentations_need_augment(self) -> TrainSettings:
-        if not self.augment and (self.augment_jpeg or self.augment_blur):
-            raise UsageError("--augment-jpeg and --augment-blur are augmentations: they cannot be combined with "
-                             "--no-augment")
+        if not self.augment and (self.augment_jpeg or self.augment_blur or self.augment_downscale):
+            raise UsageError("--augment-jpeg, --augment-blur and --augment-downscale are augmentations: they cannot "
+                             "be combined with --no-augment")
         return self
 
     @model_validator(mode="after")

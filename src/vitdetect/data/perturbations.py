@@ -68,12 +68,18 @@ def gaussian_blur(images: torch.Tensor, _generator: torch.Generator, sigma: floa
     return to_uint8(blurred)
 
 
-def downscale_round_trip(images: torch.Tensor, _generator: torch.Generator, factor: int) -> torch.Tensor:
-    """Down to 1/factor with an antialiased bilinear resize (what image libraries do), then back up."""
+def resize_round_trip(images: torch.Tensor, factor: float) -> torch.Tensor:
+    """Float images down to 1/factor of their side with an antialiased bilinear resize (what image libraries
+    do), then back up to their size: the robustness suite's down-scaling and training's --augment-downscale."""
     height, width = images.shape[-2:]
-    small = F.interpolate(images.float(), size=(max(1, height // factor), max(1, width // factor)),
+    small = F.interpolate(images, size=(max(1, int(height / factor)), max(1, int(width / factor))),
                           mode="bilinear", align_corners=False, antialias=True)
-    return to_uint8(F.interpolate(small, size=(height, width), mode="bilinear", align_corners=False))
+    return F.interpolate(small, size=(height, width), mode="bilinear", align_corners=False)
+
+
+def downscale_round_trip(images: torch.Tensor, _generator: torch.Generator, factor: int) -> torch.Tensor:
+    """Down to 1/factor and back up (resize_round_trip), on uint8 images."""
+    return to_uint8(resize_round_trip(images.float(), factor))
 
 
 def gaussian_noise(images: torch.Tensor, generator: torch.Generator, sigma: float) -> torch.Tensor:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from vitdetect.data.perturbations import blur_kernel_size
+from vitdetect.data.perturbations import blur_kernel_size, resize_round_trip
 
 # The reference recipe's ColorJitter strengths.
 JITTER = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.05}
@@ -49,12 +49,14 @@ def build_augmentation(
     jpeg_quality: tuple[float, float] = (30.0, 95.0),
     blur: float = 0.0,
     blur_sigma: tuple[float, float] = (0.1, 2.0),
+    downscale: float = 0.0,
+    downscale_factor: tuple[float, float] = (1.5, 4.0),
 ) -> torch.nn.Module:
     """Per-sample augmentation of a batch in [0, 1] at the stored size: RandomHorizontalFlip, a reflect-padded
-    random crop (crop_padding > 0), RandomRotation (degrees > 0), ColorJitter, then, with probabilities `blur`
-    and `jpeg`, a Gaussian blur and a JPEG re-compression.
+    random crop (crop_padding > 0), RandomRotation (degrees > 0), ColorJitter, then, with probabilities
+    `downscale`, `blur` and `jpeg`, a down-scale and back, a Gaussian blur and a JPEG re-compression.
 
-    Blur and JPEG come last, as in the wild: an image is edited, then saved. kornia's RandomJPEG is a
+    Those three come last, as in the wild: an image is edited, resized, then saved. kornia's RandomJPEG is a
     differentiable imitation of the codec, close enough to teach invariance (the robustness report
     itself uses the real encoder).
     """
@@ -67,11 +69,32 @@ def build_augmentation(
         steps.append(K.RandomRotation(degrees=rotation_degrees, p=1.0))
     if color_jitter:
         steps.append(K.ColorJitter(**JITTER, p=1.0))
+    if downscale > 0:
+        steps.append(RandomDownscale(downscale, downscale_factor))
     if blur > 0:
         steps.append(K.RandomGaussianBlur(blur_kernel_size(blur_sigma[1]), blur_sigma, p=blur))
     if jpeg > 0:
         steps.append(K.RandomJPEG(jpeg_quality=jpeg_quality, p=jpeg))
     return torch.nn.Sequential(*steps)
+
+
+class RandomDownscale(torch.nn.Module):
+    """With probability p per image, down-scale by a factor drawn uniformly from `factor` (one draw per batch,
+    so the chosen images are resized together on the batch's device) and back up: what a photo shrunk for a
+    web page or a chat and enlarged again looks like (the robustness suite's down-scale family)."""
+
+    def __init__(self, p: float, factor: tuple[float, float]):
+        super().__init__()
+        self.p, self.factor = p, factor
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        chosen = torch.rand(len(images), device=images.device) < self.p
+        if not chosen.any():
+            return images
+        factor = float(torch.empty(()).uniform_(*self.factor))
+        resized = images.clone()
+        resized[chosen] = resize_round_trip(images[chosen], factor).clamp_(0, 1)
+        return resized
 
 
 def to_model_input(

@@ -15,6 +15,7 @@ from vitdetect.errors import UsageError, VitdetectError
 from vitdetect.utils.network import unreachable_reason
 
 DEFAULT_MEAN_STD = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # ViT-B/16's image processor
+MODEL_TYPES = ("vit", "pvt_v2")  # what train, the explanations and the exports know how to handle
 
 
 def _label_kwargs() -> dict[str, Any]:
@@ -23,7 +24,7 @@ def _label_kwargs() -> dict[str, Any]:
 
 def load_model(spec: str) -> tuple[torch.nn.Module, tuple[tuple[float, ...], tuple[float, ...]]]:
     """The model named by spec with a fresh two-class head, and its normalization (mean, std)."""
-    from transformers import CONFIG_MAPPING, AutoModelForImageClassification, ViTForImageClassification
+    from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForImageClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # vitdetect shows its own progress
@@ -36,8 +37,10 @@ def load_model(spec: str) -> tuple[torch.nn.Module, tuple[tuple[float, ...], tup
         return AutoModelForImageClassification.from_config(config), DEFAULT_MEAN_STD
     offline_reason = hub_offline_reason(spec)
     try:
-        model = ViTForImageClassification.from_pretrained(
-            spec, ignore_mismatched_sizes=True, local_files_only=offline_reason is not None, **_label_kwargs()
+        local_only = offline_reason is not None
+        check_model_type(AutoConfig.from_pretrained(spec, local_files_only=local_only).model_type, spec)
+        model = AutoModelForImageClassification.from_pretrained(
+            spec, ignore_mismatched_sizes=True, local_files_only=local_only, **_label_kwargs()
         )
     except OSError as exc:
         if Path(spec).exists():
@@ -48,6 +51,14 @@ def load_model(spec: str) -> tuple[torch.nn.Module, tuple[tuple[float, ...], tup
             f"save_pretrained, or a scratch preset such as {SCRATCH_PREFIX}vit-tiny-32"
         ) from None
     return model, _mean_std(spec, local_only=offline_reason is not None)
+
+
+def check_model_type(model_type: str, source: object) -> None:
+    """Refuse, in one line, a model that is neither a ViT nor a PVTv2 (a local folder of a fine-tuned PVTv2, such
+    as an exported built-in detector, loads as the PVTv2 it is)."""
+    if model_type not in MODEL_TYPES:
+        raise UsageError(f"{source} holds a '{model_type}' model: vitdetect trains and runs "
+                         f"{' and '.join(MODEL_TYPES)} image classifiers")
 
 
 def hub_offline_reason(spec: str) -> str | None:

@@ -61,7 +61,30 @@ class TrainResult:
 
 
 def train(settings: TrainSettings, reporter: Reporter | None = None, resume: Path | None = None) -> TrainResult:
-    """Train into settings.output_dir, holding its lock for the whole run; resume: a last.pth to continue."""
+    """Train into settings.output_dir, holding its lock for the whole run; resume: a last.pth to continue.
+
+    What `vitdetect train` runs. Run it in one process, or in each process of a `torchrun` / `accelerate launch`
+    run: every process trains on its shard, and only the main one writes and prints.
+
+    Args:
+        settings: the run's settings; a `scratch:` preset in `model` brings its recipe for every setting not given.
+        reporter: where progress and messages go; None: the console (quiet with `settings.quiet`).
+        resume: a `last.pth` to continue, in its own folder with its saved settings.
+
+    Returns:
+        The run's folder, its epochs (`result.best`: the best epoch's row), parameter counts, time and the
+            temperature fitted on the validation split.
+
+    Raises:
+        VitdetectError: bad data, a folder in use or already holding a run (without `settings.overwrite`),
+            a failed write; `UsageError` for settings that cannot go together.
+
+    Examples:
+        >>> from vitdetect import TrainSettings, train
+        >>> result = train(TrainSettings(data_dir="data/cifake", model="scratch:vit-tiny-32", epochs=3,
+        ...                              output_dir="runs/tiny"))
+        >>> result.best["val_accuracy"], result.output_dir / "best_model.pth"
+    """
     resumed = load_checkpoint(resume, kind="last") if resume else None
     settings = tracking.with_run_name(settings, settings.output_dir)
     accelerator = make_accelerator(settings, resumed_step(resumed))
@@ -300,4 +323,5 @@ def training_augmentation(settings: TrainSettings, storage_size: int) -> torch.n
         return None
     return build_augmentation(settings.rotation_degrees, settings.color_jitter, settings.crop_padding, storage_size,
                               jpeg=settings.augment_jpeg, jpeg_quality=settings.augment_jpeg_quality,
-                              blur=settings.augment_blur, blur_sigma=settings.augment_blur_sigma)
+                              blur=settings.augment_blur, blur_sigma=settings.augment_blur_sigma,
+                              downscale=settings.augment_downscale, downscale_factor=settings.augment_downscale_factor)
