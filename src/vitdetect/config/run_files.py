@@ -60,7 +60,7 @@ RUN_FILES: tuple[RunFile, ...] = (
     RunFile(CONFIG_NAME, "train", "train --resume, trackers"),
     RunFile(EPOCH_HISTORY_NAME, "train", "plot, train --resume", evidence=True),
     RunFile(BATCH_HISTORY_NAME, "train", "plot, train --resume", evidence=True),
-    RunFile(TEACHER_NAME, "train --distill", "train --resume"),
+    RunFile(TEACHER_NAME, "train --distill", "train --resume, train --teacher"),
     RunFile(SKIPPED_NAME, "train, evaluate", "you (images that could not be decoded)"),
     RunFile(METRICS_NAME, "evaluate", "plot, trackers", evidence=True),
     RunFile(PREDICTIONS_NAME, "evaluate", "plot", evidence=True),
