@@ -146,6 +146,15 @@ class PredictSettings(_Settings):
     batch_size: int = Field(EvaluateSettings.model_fields["batch_size"].default, ge=1, le=MAX_BATCH_SIZE,
                             description="Images per batch and per process.")
     recursive: bool = Field(False, description="Also look for images in sub-folders of the given folders.")
+    min_confidence: float = Field(
+        0.0, ge=0, le=1, description="Label UNSURE an image whose calibrated probability of the predicted label is "
+        "below this (e.g. 0.9); P(FAKE) is still shown. 0: every image gets REAL or FAKE.",
+    )
+    check_stability: bool = Field(
+        False, description="Also judge each image after mild everyday edits (JPEG quality 75, blur sigma 0.5, "
+        "down-scale to 1/2 and back) and label it UNSURE when one of them changes the verdict, naming the edit. "
+        "Scoring takes 4 times as long.",
+    )
     explain: Path | None = Field(
         None, description="Write one PNG per image into this folder: the image, its heatmap, verdict and P(FAKE)."
     )

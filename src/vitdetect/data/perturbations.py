@@ -98,6 +98,9 @@ SUITE: tuple[Perturbation, ...] = (
     Perturbation("png", "png", "PNG round trip (lossless)", 0, "identity", png_round_trip),
 )
 PERTURBATIONS = {perturbation.name: perturbation for perturbation in SUITE}
+# The mild everyday edits `predict --check-stability` re-scores each image after: a verdict that one of them
+# flips is no verdict (UNSURE). The suite's own functions, so a flip there is a flip in the robustness report.
+STABILITY_EDITS = tuple(PERTURBATIONS[name] for name in ("jpeg-75", "blur-0.5", "downscale-2"))
 FAMILIES = tuple(dict.fromkeys(perturbation.family for perturbation in SUITE))
 
 

@@ -47,6 +47,14 @@ def classify(p_fake: np.ndarray, threshold: float) -> np.ndarray:
     return (np.asarray(p_fake) >= threshold).astype(np.int64)
 
 
+def confidence(p_fake: np.ndarray, threshold: float) -> np.ndarray:
+    """The probability of the predicted class: P(FAKE) where the verdict is FAKE, else 1 - P(FAKE). The one
+    definition of a verdict's confidence: predict shows it and compares it with --min-confidence, and evaluate's
+    selective-prediction table decides the most confident images first by it."""
+    p_fake = np.asarray(p_fake, dtype=np.float64)
+    return np.where(classify(p_fake, threshold) == 1, p_fake, 1.0 - p_fake)
+
+
 def rates_at_threshold(labels: np.ndarray, p_fake: np.ndarray, threshold: float) -> tuple[float, float]:
     """(FPR, TPR) of calling FAKE where P(FAKE) >= threshold: the share of REAL and of FAKE images called FAKE
     (nan for a class that is absent)."""
