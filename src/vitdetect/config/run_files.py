@@ -32,7 +32,7 @@ PREDICTIONS_NAME = "predictions.csv"
 ROBUSTNESS_NAME = "robustness.json"
 
 TRAINING_FIGURES = ("epoch_training_curves", "batch_training_curves")
-EVALUATION_FIGURES = ("confusion_matrix", "roc_curve", "pr_curve", "score_histogram", "calibration")
+EVALUATION_FIGURES = ("confusion_matrix", "roc_curve", "pr_curve", "score_histogram", "calibration", "risk_coverage")
 ROBUSTNESS_FIGURE = "robustness"
 ERRORS_FIGURE = "errors"
 
