@@ -69,12 +69,13 @@ class EvaluateSettings(_FigureSettings, _TrackingSettings):
     explain_method: ExplainMethod | None = Field(None, description=EXPLAIN_METHOD_HELP)
     robustness: bool = Field(
         False, description="Also score a sample of the split under the perturbation suite (JPEG, blur, "
-        "down-scaling, noise, PNG round trip): robustness.json and robustness.png."
+        "down-scaling, noise, PNG round trip, re-saves as WebP and JPEG 100): robustness.json and robustness.png."
     )
     perturbations: str = Field(
         "all", min_length=1, description="With --robustness: the perturbations to run, comma-separated: jpeg-95, "
         "jpeg-75, jpeg-50, jpeg-30, blur-0.5, blur-1, blur-2, downscale-2, downscale-4, noise-2, noise-5, noise-10, "
-        "png (lossless round trip: must equal clean), or whole families: jpeg, blur, downscale, noise; all: every one.",
+        "png (lossless round trip: must equal clean), webp-lossless, jpeg-100, webp-80 (re-saves in another format; "
+        "WebP where Pillow has it), or whole families: jpeg, blur, downscale, noise, resave; all: every one.",
     )
     robustness_images: int = Field(
         2000, ge=0, description="With --robustness: images scored per perturbation, a stratified seeded sample "
