@@ -22,11 +22,11 @@ from vitdetect.models.checkpoint import load_checkpoint
 from vitdetect.utils.locking import LOCK_NAME
 
 runner = CliRunner()
-FIGURES = ("confusion_matrix", "roc_curve", "pr_curve", "score_histogram", "calibration")
+FIGURES = ("confusion_matrix", "roc_curve", "pr_curve", "score_histogram", "calibration", "risk_coverage")
 METRIC_KEYS = {"positive_class", "class_names", "threshold", "n_images", "accuracy", "balanced_accuracy",
                "roc_auc", "pr_auc", "log_loss", "brier_score", "ece", "ece_bins", "tpr_at_fpr", "per_class",
                "confusion_matrix", "checkpoint", "checkpoint_epoch", "model", "split", "data_dir",
-               "skipped_images", "temperature", "temperature_fit", "uncalibrated"}
+               "skipped_images", "temperature", "temperature_fit", "uncalibrated", "selective"}
 
 
 def read_rows(path):
@@ -109,6 +109,24 @@ def test_metrics_json_agrees_with_a_recomputation_from_predictions(evaluated_run
     recomputed = recompute_metrics(evaluated_run / "predictions.csv", metrics["threshold"])
     assert recomputed.pop("predicted_labels_agree")
     assert mismatches(metrics, recomputed) == []
+
+
+def test_the_selective_table_agrees_with_a_brute_force_recomputation(evaluated_run):
+    """For each coverage: the highest confidence cut that still decides that share, and the accuracy above it."""
+    metrics = json.loads((evaluated_run / "metrics.json").read_text())
+    rows = read_rows(evaluated_run / "predictions.csv")
+    y = np.array([row["true_label"] == "FAKE" for row in rows], dtype=int)
+    p = np.array([float(row["p_fake"]) for row in rows])
+    called = (p >= metrics["threshold"]).astype(int)
+    sure = np.where(called == 1, p, 1 - p)
+    assert [row["target_coverage"] for row in metrics["selective"]] == [1.0, 0.99, 0.98, 0.95, 0.9, 0.8]
+    for row in metrics["selective"]:
+        cut = max(t for t in np.unique(sure) if np.mean(sure >= t) >= row["target_coverage"] - 1e-12)
+        decided = sure >= cut
+        assert row["min_confidence"] == cut and row["decided"] == decided.sum()
+        assert row["coverage"] == pytest.approx(decided.mean()) and row["coverage"] >= row["target_coverage"]
+        assert row["accuracy"] == pytest.approx(np.mean(called[decided] == y[decided]))
+    assert metrics["selective"][0]["accuracy"] == pytest.approx(metrics["accuracy"])
 
 
 def test_predictions_are_the_models_scores_for_those_files(evaluated_run):

@@ -12,6 +12,8 @@ from vitdetect.reports.metrics import (
     expected_calibration_error,
     predictions_csv,
     read_predictions,
+    risk_coverage,
+    selective_table,
     threshold_at_fpr,
 )
 
@@ -118,3 +120,19 @@ def test_epoch_metrics_unchanged():
     result = epoch_metrics(np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0]), np.array([0.1, 0.2, 0.3, 0.4]))
     expected = {"loss": 0.25, "accuracy": 0.75, "precision": 1.0, "recall": 0.5, "f1": 2 / 3}
     assert result == pytest.approx(expected)
+
+
+def test_selective_prediction_decides_the_most_confident_first_and_ties_together():
+    # confidences 0.9 (right), 0.8 (wrong), 0.8 (right), 0.6 (wrong), 0.55 (right)
+    labels = np.array([1, 0, 0, 1, 1])
+    p_fake = np.array([0.9, 0.8, 0.2, 0.4, 0.55])
+    curve = risk_coverage(labels, p_fake, 0.5)
+    assert curve["coverage"].tolist() == [0.2, 0.6, 0.8, 1.0]  # the two 0.8s are decided together
+    assert curve["min_confidence"] == pytest.approx([0.9, 0.8, 0.6, 0.55])
+    assert curve["risk"] == pytest.approx([0, 1 / 3, 2 / 4, 2 / 5])
+    rows = {row["target_coverage"]: row for row in selective_table(labels, p_fake, 0.5, (1.0, 0.8, 0.5))}
+    assert rows[1.0] == {"target_coverage": 1.0, "coverage": 1.0, "min_confidence": 0.55, "accuracy": 0.6,
+                         "decided": 5}
+    assert rows[0.8]["min_confidence"] == pytest.approx(0.6) and rows[0.8]["accuracy"] == 0.5
+    assert rows[0.5]["coverage"] == 0.6 and rows[0.5]["decided"] == 3  # 50% falls inside the tie: both decided
+    assert selective_table([], [], 0.5) == [] and metrics_of([0, 1], [0.1, 0.9])[0]["selective"][0]["accuracy"] == 1

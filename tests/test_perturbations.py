@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from vitdetect.config.commands import EvaluateSettings
-from vitdetect.data.perturbations import FAMILIES, PERTURBATIONS, SUITE, resolve_suite
+from vitdetect.data.perturbations import FAMILIES, PERTURBATIONS, SUITE, has_webp, resolve_suite
 from vitdetect.errors import UsageError
 
 
@@ -58,6 +58,26 @@ def test_png_round_trip_is_the_identity():
     assert torch.equal(PERTURBATIONS["png"](images, seed=0), images)
 
 
+@pytest.mark.skipif(not has_webp(), reason="Pillow without WebP: the WebP re-saves are left out of the suite")
+def test_webp_resaves_are_the_real_codec_lossless_and_at_quality_80():
+    images = photo_like()
+    assert torch.equal(PERTURBATIONS["webp-lossless"](images, seed=0), images)
+    lossy = PERTURBATIONS["webp-80"](images, seed=0)
+    assert not torch.equal(lossy, images) and 30 < psnr(lossy, images) < 60
+    for image, ours in zip(images, lossy, strict=True):  # the bytes Pillow's own WebP encoder gives
+        buffer = io.BytesIO()
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, "WEBP", quality=80)
+        assert buffer.getvalue()[8:12] == b"WEBP"
+        assert np.array_equal(ours.permute(1, 2, 0).numpy(), np.asarray(Image.open(buffer).convert("RGB")))
+
+
+def test_jpeg_100_is_a_nearly_lossless_real_jpeg_resave():
+    images = photo_like()
+    out = PERTURBATIONS["jpeg-100"](images, seed=0)
+    assert not torch.equal(out, images) and psnr(out, images) > psnr(PERTURBATIONS["jpeg-95"](images, seed=0), images)
+    assert PERTURBATIONS["jpeg-100"].family == "resave" and PERTURBATIONS["jpeg-100"] not in resolve_suite("jpeg")
+
+
 @pytest.mark.parametrize("sigma", [0.5, 1.0, 2.0])
 def test_blur_spreads_an_edge_by_sigma(sigma):
     """A black-to-white edge blurred by a Gaussian has a Gaussian slope: its spread is sigma."""
@@ -95,9 +115,12 @@ def test_noise_has_its_sigma_in_0_255_units_and_is_seeded(sigma):
 
 
 def test_suite_names_families_and_order():
+    resaves = ["webp-lossless", "jpeg-100", "webp-80"] if has_webp() else ["jpeg-100"]
     assert [p.name for p in SUITE] == ["jpeg-95", "jpeg-75", "jpeg-50", "jpeg-30", "blur-0.5", "blur-1", "blur-2",
-                                       "downscale-2", "downscale-4", "noise-2", "noise-5", "noise-10", "png"]
-    assert FAMILIES == ("jpeg", "blur", "downscale", "noise", "png")
+                                       "downscale-2", "downscale-4", "noise-2", "noise-5", "noise-10", "png",
+                                       *resaves]
+    assert FAMILIES == ("jpeg", "blur", "downscale", "noise", "png", "resave")
+    assert [p.name for p in resolve_suite("resave")] == resaves
     assert [p.name for p in resolve_suite("noise-5, JPEG")] == ["jpeg-95", "jpeg-75", "jpeg-50", "jpeg-30",
                                                                 "noise-5"]
     assert resolve_suite("all") == list(SUITE)

@@ -13,7 +13,7 @@ from vitdetect.reports.plots import fractional_epochs, moving_average
 
 runner = CliRunner()
 TRAINING = ("epoch_training_curves", "batch_training_curves")
-EVALUATION = ("confusion_matrix", "roc_curve", "pr_curve", "score_histogram", "calibration")
+EVALUATION = ("confusion_matrix", "roc_curve", "pr_curve", "score_histogram", "calibration", "risk_coverage")
 RESULT_FILES = ("history.csv", "batch_history.csv", "metrics.json", "predictions.csv")
 # Makes `import torch` fail the way it does where torch is not installed, then runs the CLI.
 WITHOUT_TORCH = textwrap.dedent("""

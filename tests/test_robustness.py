@@ -15,7 +15,7 @@ from conftest import run_main, user_error
 from test_plot import WITHOUT_TORCH
 from vitdetect.cli import app
 from vitdetect.data.dataset import load_split, stratified_sample
-from vitdetect.data.perturbations import PERTURBATIONS
+from vitdetect.data.perturbations import PERTURBATIONS, has_webp
 from vitdetect.errors import VitdetectError
 from vitdetect.evaluation.robustness import row_metrics
 from vitdetect.inference.scoring import TrainedModel, fake_probabilities
@@ -78,7 +78,8 @@ def test_figure_point_labels_never_overlap_even_when_families_coincide(robustnes
 
 def test_clean_and_lossless_rows_change_nothing(robustness_run):
     rows = {row["name"]: row for row in read_robustness(robustness_run[0] / "robustness.json")["rows"]}
-    for name in ("clean", "png"):
+    assert {"jpeg-100"} | ({"webp-lossless", "webp-80"} if has_webp() else set()) <= set(rows)  # the format rows
+    for name in ("clean", "png", *(["webp-lossless"] if has_webp() else [])):
         row = rows[name]
         assert row["flip_share"] == 0 and row["max_abs_p_fake_change"] == 0
         assert row["mean_p_fake_change"] == {"REAL": 0.0, "FAKE": 0.0}
@@ -150,7 +151,8 @@ def test_comparison_table_of_two_reports(robustness_run, tmp_path):
     assert lines[2].startswith("| clean |") and "+0.0000" in lines[2]
     jpeg = next(line for line in lines if line.startswith("| JPEG re-compression, quality 30 |"))
     assert f"{report['rows'][4]['accuracy']:.4f}" in jpeg
-    assert "over 12 perturbations" in lines[-1]
+    perturbed = [row for row in report["rows"] if row["family"] not in ("clean", "png")]
+    assert len(perturbed) == 13 + 2 * has_webp() and f"over {len(perturbed)} perturbations" in lines[-1]
     elsewhere = {**better, "data_dir": "/somewhere/else/cifake"}  # the same data on another machine
     assert comparison_table(report, elsewhere) == table
     better["seed"] = 7

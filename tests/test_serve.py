@@ -185,6 +185,43 @@ def test_explain_returns_a_png_heatmap_per_readable_image(checkpoint, images):
     assert column[0] < column[1] < column[2] < column[3]  # brighter where the map is larger
 
 
+def test_unsure_query_fields_give_unsure_with_the_reason(client, checkpoint, images):
+    from vitdetect import UnsureRule
+
+    readable = dict(images)
+    plain = client.post("/v1/predict", files=multipart(readable)).json()
+    cut = float(np.median([result["confidence"] for result in plain["results"]]))
+    body = client.post(f"/v1/predict?min_confidence={cut}", files=multipart(readable)).json()
+    assert body["min_confidence"] == cut and body["check_stability"] is False
+    for result, before in zip(body["results"], plain["results"], strict=True):
+        assert result["p_fake"] == before["p_fake"] and result["confidence"] == before["confidence"]
+        assert (result["label"] == "UNSURE") == (result["confidence"] < cut)
+        assert (result["reason"] is not None) == (result["label"] == "UNSURE")
+    assert "UNSURE" in {result["label"] for result in body["results"]}
+    assert all(result["reason"] is None for result in plain["results"])
+
+    threshold = float(np.median([result["p_fake"] for result in plain["results"]]))
+    with Detector.from_checkpoint(checkpoint, threshold=threshold) as near, serving(near, checkpoint) as other:
+        want = near.predict(list(readable.values()), UnsureRule(check_stability=True))
+        body = other.post("/v1/predict?check_stability=true", files=multipart(readable)).json()
+    assert body["check_stability"] is True
+    assert [(r["label"], r["reason"]) for r in body["results"]] == [(w.label, w.reason) for w in want]
+    assert any(w.label == "UNSURE" and " turns it " in w.reason for w in want)
+    for bad in ("min_confidence=1.5", "min_confidence=nan", "check_stability=maybe"):
+        assert_json_error(client.post(f"/v1/predict?{bad}", files=multipart(readable)), 422, bad.split("=")[0])
+
+
+def test_requests_with_different_unsure_rules_share_a_batch_but_keep_their_own_rule(detector, images):
+    from vitdetect import UnsureRule
+    from vitdetect.serve.app import judge_batch
+
+    data = list(images.values())[:4]
+    plain, always = UnsureRule(), UnsureRule(min_confidence=1.0)
+    judged = judge_batch(detector, [(data[0], plain), (data[1], always), (data[2], plain), (data[3], always)])
+    assert [r.label == "UNSURE" for r in judged] == [False, True, False, True]
+    assert [r.p_fake for r in judged] == pytest.approx([r.p_fake for r in detector.predict(data)], abs=1e-6)
+
+
 def test_model_card_and_health(client, checkpoint, detector, evaluated_run, tmp_path):
     info = client.get("/v1/model").json()
     payload = detector.trained.checkpoint
@@ -251,7 +288,7 @@ def test_nothing_is_written_to_disk_even_for_parts_over_starlettes_spool_size(de
 
 def test_an_unexpected_failure_is_a_json_500_without_traceback(checkpoint, images):
     broken = Detector.from_checkpoint(checkpoint)
-    broken.predict = lambda sources: 1 / 0
+    broken.predict = lambda sources, unsure: 1 / 0
     with serving(broken, checkpoint) as client:
         assert_json_error(client.post("/v1/predict", files=multipart(images)), 500, "internal server error")
         assert client.get("/healthz").status_code == 200  # the batching worker survived

@@ -19,10 +19,10 @@ def test_the_model_runs_off_the_event_loop(checkpoint, images):
     started, release = threading.Event(), threading.Event()
     original = detector.predict
 
-    def slow_predict(sources):
+    def slow_predict(sources, unsure):
         started.set()
         assert release.wait(30)
-        return original(sources)
+        return original(sources, unsure)
 
     detector.predict = slow_predict
     with serving(detector, checkpoint) as client:
@@ -40,7 +40,7 @@ def test_requests_arriving_together_are_scored_together(checkpoint, images):
     detector = Detector.from_checkpoint(checkpoint)
     batches = []
     original = detector.predict
-    detector.predict = lambda sources: batches.append(len(sources)) or original(sources)
+    detector.predict = lambda sources, unsure: batches.append(len(sources)) or original(sources, unsure)
     expected = {name: want.p_fake for name, want in zip(images, original(list(images.values())), strict=True)}
     with serving(detector, checkpoint, max_wait_ms=1500, max_batch=64) as client:
         answers = {}

@@ -90,6 +90,19 @@ def test_the_web_page_in_a_real_browser(checkpoint, cifake_image, tmp_path):
         newest = page.query_selector(".result")
         assert newest.get_attribute("data-label") == "error" and "broken.jpg" in newest.inner_text()
         assert "Could not judge this file" in newest.inner_text()
+
+        page.fill("#min-confidence", "100")  # no verdict is 100% sure: UNSURE, in its own colour, with the reason
+        page.check("#check-stability")
+        page.set_input_files("#picker", str(cifake_image))
+        expect(page.locator(".result:not(.pending)")).to_have_count(3, timeout=BROWSER_TIMEOUT_MS)
+        unsure = page.query_selector(".result")
+        assert unsure.get_attribute("data-label") == "UNSURE" and "unsure" in unsure.get_attribute("class")
+        assert unsure.query_selector(".verdict").inner_text() == "Unsure (UNSURE)"
+        assert "Why: confidence" in unsure.inner_text() and "is below 100%" in unsure.inner_text()
+        assert unsure.evaluate("card => getComputedStyle(card).borderLeftColor") == "rgb(161, 70, 138)"
+        assert "1 unsure" in page.inner_text("#status")
+        assert any("min_confidence=1&check_stability=true" in url or "check_stability=true&min_confidence=1" in url
+                   for url in requested), requested
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         browser.close()
     assert all(url.startswith((base, "blob:", "data:")) for url in requested), requested  # nothing from elsewhere

@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Detector": "vitdetect.inference.detector",
     "Prediction": "vitdetect.inference.detector",
+    "UnsureRule": "vitdetect.inference.detector",
     "find_images": "vitdetect.data.files",
     "VitdetectError": "vitdetect.errors",
     "UsageError": "vitdetect.errors",
@@ -29,8 +30,8 @@ _EXPORTS = {
     "train": "vitdetect.training.trainer",
     "evaluate": "vitdetect.evaluation.evaluator",
 }
-__all__ = ["Detector", "EvaluateSettings", "Prediction", "TrainSettings", "UsageError", "VitdetectError", "__version__",
-           "evaluate", "find_images", "train"]
+__all__ = ["Detector", "EvaluateSettings", "Prediction", "TrainSettings", "UnsureRule", "UsageError", "VitdetectError",
+           "__version__", "evaluate", "find_images", "train"]
 
 def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:

@@ -21,7 +21,7 @@ from rich.text import Text
 from vitdetect.cli.summaries import stdout
 from vitdetect.cli.support import described, user_errors
 from vitdetect.config.commands import Backend, ExplainMethod, OutputFormat, PredictSettings
-from vitdetect.config.labels import POSITIVE_CLASS
+from vitdetect.config.labels import POSITIVE_CLASS, UNSURE
 from vitdetect.config.settings import build_settings
 from vitdetect.errors import UsageError, VitdetectError
 from vitdetect.utils.atomic import atomic_write_text, ensure_writable_parent
@@ -42,18 +42,21 @@ def predict(
     output: Path = described(PredictSettings, "output", "--output", "-o"),
     batch_size: int = described(PredictSettings, "batch_size", "--batch-size", "--batch_size"),
     recursive: bool = described(PredictSettings, "recursive", "--recursive/--no-recursive", "-r"),
+    min_confidence: float = described(PredictSettings, "min_confidence", "--min-confidence"),
+    check_stability: bool = described(PredictSettings, "check_stability", "--check-stability/--no-check-stability"),
     explain: Path = described(PredictSettings, "explain", "--explain"),
     explain_method: ExplainMethod | None = described(PredictSettings, "explain_method", "--explain-method"),
     cpu: bool = described(PredictSettings, "cpu", "--cpu/--no-cpu"),
     quiet: bool = described(PredictSettings, "quiet", "--quiet/--no-quiet", "-q"),
 ) -> None:
-    """Judge images: REAL or FAKE with P(FAKE). Exit code 0: all judged, 1: some unreadable, 2: bad usage."""
+    """Judge images: REAL or FAKE with P(FAKE) (or UNSURE, with --min-confidence or --check-stability). Exit code 0:
+    all judged, 1: some unreadable, 2: bad usage."""
     flags = {k: v for k, v in locals().items() if k != "paths"}
     settings = build_settings(PredictSettings, None, **flags)
     result = run(settings, paths or [])
     if result.main_process:
         if settings.format == OutputFormat.table:
-            stdout.print(results_table(result.results, result.threshold))
+            stdout.print(results_table(result.results, result.threshold, settings.min_confidence))
         else:
             typer.echo(render(result.results, settings.format), nl=False)
     if result.failed:
@@ -89,7 +92,7 @@ def run(settings: PredictSettings, patterns: Sequence[str], reporter: Reporter |
         reporter.info(f"ignored {len(found.ignored)} file(s) without an image extension ({examples}"
                       f"{', ...' if len(found.ignored) > 3 else ''})")
     options = dict(threshold=settings.threshold, batch_size=settings.batch_size, accelerator=accelerator,
-                   reporter=reporter)
+                   reporter=reporter, min_confidence=settings.min_confidence, check_stability=settings.check_stability)
     checkpoint = settings.checkpoint or default_checkpoint()
     if settings.backend == Backend.onnx:
         detector = Detector.from_onnx(checkpoint, cpu=settings.cpu, **options)
@@ -135,7 +138,8 @@ def write_explanations(detector: Detector, paths: Sequence[Path], folder: Path, 
     return written
 
 
-FIELDS = ("path", "label", "p_fake", "confidence", "error", "note")
+FIELDS = ("path", "label", "p_fake", "confidence", "error", "note", "reason")
+LABEL_STYLES = {POSITIVE_CLASS: "red", UNSURE: "bold magenta"}  # REAL: green
 JSON_SUFFIXES = frozenset({".json", ".jsonl", ".ndjson"})
 
 
@@ -150,22 +154,24 @@ def render(results: Sequence[Prediction], fmt: str) -> str:
     return buffer.getvalue()
 
 
-def results_table(results: Sequence[Prediction], threshold: float) -> Table:
+def results_table(results: Sequence[Prediction], threshold: float, min_confidence: float) -> Table:
     failed = any(not result.ok for result in results)
     title = f"{len(results):,} image(s), FAKE when P(FAKE) >= {threshold:g}"
+    if min_confidence:
+        title += f", UNSURE when confidence < {min_confidence * 100:g}%"
     table = Table(title=title, title_justify="left")
     table.add_column("path", overflow="fold")  # long paths wrap rather than lose their end
     for name, justify in (("label", "left"), ("P(FAKE)", "right"), ("confidence", "right")):
         table.add_column(name, justify=justify, no_wrap=True)
-    noted = any(result.note for result in results)
-    if failed or noted:
-        table.add_column("error / note", overflow="fold")
+    explained = failed or any(result.note or result.reason for result in results)
+    if explained:
+        table.add_column("error / reason / note", overflow="fold")
     for result in results:
         if result.ok:
-            colour = "red" if result.label == POSITIVE_CLASS else "green"
-            row = [Text(result.path), Text(result.label, style=colour), f"{result.p_fake:.4f}",
-                   f"{result.confidence:.1%}"]
-            row += [Text(result.note or "", style="yellow")] if failed or noted else []
+            row = [Text(result.path), Text(result.label, style=LABEL_STYLES.get(result.label, "green")),
+                   f"{result.p_fake:.4f}", f"{result.confidence:.1%}"]
+            comments = "; ".join(text for text in (result.reason, result.note) if text)
+            row += [Text(comments, style="yellow")] if explained else []
         else:
             row = [Text(result.path), Text("error", style="bold red"), "-", "-", Text(result.error)]
         table.add_row(*row)
@@ -189,10 +195,11 @@ def check_output(path: Path) -> None:
 
 def summary_line(results: Sequence[Prediction]) -> str:
     labels = [result.label for result in results if result.ok]
-    fake = labels.count(POSITIVE_CLASS)
+    fake, unsure = labels.count(POSITIVE_CLASS), labels.count(UNSURE)
     failed = len(results) - len(labels)
     noted = sum(result.note is not None for result in results)
-    return (f"judged {len(labels):,} of {len(results):,} image(s): {fake:,} FAKE, {len(labels) - fake:,} REAL"
+    return (f"judged {len(labels):,} of {len(results):,} image(s): {fake:,} FAKE, {len(labels) - fake - unsure:,} REAL"
+            + (f", {unsure:,} UNSURE (see reason)" if unsure else "")
             + (f"; {noted:,} far from the training images (see note)" if noted else "")
             + (f"; {failed:,} could not be read (error rows)" if failed else ""))
 

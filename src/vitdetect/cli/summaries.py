@@ -40,11 +40,25 @@ def print_evaluation_summary(result) -> None:
         per_class.add_row(f"true {name}", *(shown(scores[k]) for k in ("precision", "recall", "f1")),
                           f"{scores['support']:,}", *(f"{count:,}" for count in row))
     stdout.print(per_class)
+    if metrics["selective"]:
+        stdout.print(selective_table(metrics["selective"]))
     if result.stored_threshold:
         stored = result.stored_threshold
         stdout.print(f"stored threshold {stored['threshold']:.6g} in {metrics['checkpoint']} "
                      f"(FPR {stored['fpr']:.4f}, TPR {stored['tpr']:.4f} on this split; the metrics above "
                      "use it, so they are optimistic)")
+
+
+def selective_table(rows: list[dict]) -> Table:
+    """metrics.json's selective-prediction rows: what `predict --min-confidence` buys in accuracy and costs in
+    images left UNSURE."""
+    table = Table(title="selective prediction: the least confident images UNSURE")
+    for column in ("coverage", "--min-confidence", "accuracy on the decided", "decided"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(f"{row['coverage']:.1%}", f"{row['min_confidence']:.4g}", f"{row['accuracy']:.4f}",
+                      f"{row['decided']:,}")
+    return table
 
 
 def print_manifest_diff(diff, dest: Path, shown: int = 10) -> None:

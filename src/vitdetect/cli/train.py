@@ -47,6 +47,7 @@ def train(
     distill_alpha: float = described(TrainSettings, "distill_alpha", "--distill-alpha"),
     distill_temperature: float = described(TrainSettings, "distill_temperature", "--distill-temperature"),
     teacher_epochs: int = described(TrainSettings, "teacher_epochs", "--teacher-epochs"),
+    teacher: Path = described(TrainSettings, "teacher", "--teacher"),
     feature_cache: bool = described(TrainSettings, "feature_cache", "--feature-cache/--no-feature-cache"),
     feature_views: int = described(TrainSettings, "feature_views", "--feature-views"),
     mixed_precision: MixedPrecision = described(TrainSettings, "mixed_precision", "--mixed-precision"),

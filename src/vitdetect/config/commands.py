@@ -79,12 +79,13 @@ class EvaluateSettings(_FigureSettings, _TrackingSettings):
     explain_method: ExplainMethod | None = Field(None, description=EXPLAIN_METHOD_HELP)
     robustness: bool = Field(
         False, description="Also score a sample of the split under the perturbation suite (JPEG, blur, "
-        "down-scaling, noise, PNG round trip): robustness.json and robustness.png."
+        "down-scaling, noise, PNG round trip, re-saves as WebP and JPEG 100): robustness.json and robustness.png."
     )
     perturbations: str = Field(
         "all", min_length=1, description="With --robustness: the perturbations to run, comma-separated: jpeg-95, "
         "jpeg-75, jpeg-50, jpeg-30, blur-0.5, blur-1, blur-2, downscale-2, downscale-4, noise-2, noise-5, noise-10, "
-        "png (lossless round trip: must equal clean), or whole families: jpeg, blur, downscale, noise; all: every one.",
+        "png (lossless round trip: must equal clean), webp-lossless, jpeg-100, webp-80 (re-saves in another format; "
+        "WebP where Pillow has it), or whole families: jpeg, blur, downscale, noise, resave; all: every one.",
     )
     robustness_images: int = Field(
         2000, ge=0, description="With --robustness: images scored per perturbation, a stratified seeded sample "
@@ -156,6 +157,15 @@ class PredictSettings(_Settings):
     batch_size: int = Field(EvaluateSettings.model_fields["batch_size"].default, ge=1, le=MAX_BATCH_SIZE,
                             description="Images per batch and per process.")
     recursive: bool = Field(False, description="Also look for images in sub-folders of the given folders.")
+    min_confidence: float = Field(
+        0.0, ge=0, le=1, description="Label UNSURE an image whose calibrated probability of the predicted label is "
+        "below this (e.g. 0.9); P(FAKE) is still shown. 0: every image gets REAL or FAKE.",
+    )
+    check_stability: bool = Field(
+        False, description="Also judge each image after mild everyday edits (JPEG quality 75, blur sigma 0.5, "
+        "down-scale to 1/2 and back) and label it UNSURE when one of them changes the verdict, naming the edit. "
+        "Scoring takes 4 times as long.",
+    )
     explain: Path | None = Field(
         None, description="Write one PNG per image into this folder: the image, its heatmap, verdict and P(FAKE)."
     )

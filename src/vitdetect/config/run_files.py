@@ -32,7 +32,7 @@ PREDICTIONS_NAME = "predictions.csv"
 ROBUSTNESS_NAME = "robustness.json"
 
 TRAINING_FIGURES = ("epoch_training_curves", "batch_training_curves")
-EVALUATION_FIGURES = ("confusion_matrix", "roc_curve", "pr_curve", "score_histogram", "calibration")
+EVALUATION_FIGURES = ("confusion_matrix", "roc_curve", "pr_curve", "score_histogram", "calibration", "risk_coverage")
 ROBUSTNESS_FIGURE = "robustness"
 ERRORS_FIGURE = "errors"
 
@@ -60,7 +60,7 @@ RUN_FILES: tuple[RunFile, ...] = (
     RunFile(CONFIG_NAME, "train", "train --resume, trackers"),
     RunFile(EPOCH_HISTORY_NAME, "train", "plot, train --resume", evidence=True),
     RunFile(BATCH_HISTORY_NAME, "train", "plot, train --resume", evidence=True),
-    RunFile(TEACHER_NAME, "train --distill", "train --resume"),
+    RunFile(TEACHER_NAME, "train --distill", "train --resume, train --teacher"),
     RunFile(SKIPPED_NAME, "train, evaluate", "you (images that could not be decoded)"),
     RunFile(METRICS_NAME, "evaluate", "plot, trackers", evidence=True),
     RunFile(PREDICTIONS_NAME, "evaluate", "plot", evidence=True),

@@ -184,6 +184,10 @@ class TrainSettings(_TrackingSettings):
     distill_temperature: float = Field(2.0, gt=0, le=20, description="--distill: temperature that softens both "
                                        "probability distributions in the teacher's term.")
     teacher_epochs: int = Field(12, ge=1, description="--distill: epochs of the teacher's training.")
+    teacher: Path | None = Field(
+        None, description="--distill: distil from this teacher.pth of an earlier run instead of training one (it "
+        "must have been trained on images of this run's size and labels); it is copied into the output dir."
+    )
     feature_cache: bool = Field(
         True, description="Head-only mode: run the frozen backbone once per image view, then train the head."
     )
@@ -230,6 +234,12 @@ class TrainSettings(_TrackingSettings):
         if self.distill and self.train_mode == TrainMode.head:
             raise UsageError("--distill trains on images, not on cached features: use --train-mode full or "
                              "last-blocks")
+        return self
+
+    @model_validator(mode="after")
+    def _teacher_needs_distill(self) -> TrainSettings:
+        if self.teacher is not None and not self.distill:
+            raise UsageError("--teacher is the teacher of --distill: add --distill (or drop --teacher)")
         return self
 
     @model_validator(mode="before")

@@ -3,10 +3,15 @@
 Each perturbation maps an Nx3xHxW uint8 batch (the stored images, before the model's own preprocessing)
 to another of the same shape. JPEG and PNG go through the real codecs (libjpeg and libpng, through
 torchvision.io), not a differentiable imitation, so the JPEG rows show what re-saving a file does.
+
+The "resave" family re-saves in another container at (nearly) no loss: lossless WebP, JPEG quality 100, WebP
+quality 80 (libwebp through Pillow; left out where Pillow has no WebP). A detector that learned the file format
+instead of the content (calling every PNG fake and every JPEG real) fails there, not on the clean images.
 """
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,7 +29,7 @@ PIXEL_MAX = 255.0
 @dataclass(frozen=True)
 class Perturbation:
     name: str  # what --perturbations takes, e.g. "jpeg-75"
-    family: str  # "jpeg", "blur", "downscale", "noise", "png"
+    family: str  # "jpeg", "blur", "downscale", "noise", "png", "resave"
     family_title: str  # the family in tables and figures
     level: int  # severity within the family: 1 is the mildest; the figure's x axis (0 = clean)
     parameter: str  # "quality 75", "sigma 1", ...
@@ -53,6 +58,26 @@ def png_round_trip(images: torch.Tensor, _generator: torch.Generator) -> torch.T
     from torchvision.io import ImageReadMode, decode_png, encode_png
 
     return torch.stack([decode_png(encode_png(image), mode=ImageReadMode.RGB) for image in images])
+
+
+def pillow_round_trip(images: torch.Tensor, _generator: torch.Generator, fmt: str, **options) -> torch.Tensor:
+    """Saved by Pillow as fmt with options (e.g. lossless=True, quality=80) and decoded again, image by image."""
+    import numpy as np
+    from PIL import Image
+
+    def round_trip(image: torch.Tensor) -> torch.Tensor:
+        buffer = io.BytesIO()
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format=fmt, **options)
+        with Image.open(buffer) as decoded:
+            return torch.from_numpy(np.asarray(decoded.convert("RGB")).copy()).permute(2, 0, 1)
+
+    return torch.stack([round_trip(image) for image in images])
+
+
+def has_webp() -> bool:
+    from PIL import features
+
+    return bool(features.check("webp"))
 
 
 def blur_kernel_size(sigma: float) -> int:
@@ -96,14 +121,32 @@ def _family(family: str, title: str, op: Callable, keyword: str, values: Iterabl
             for level, value in enumerate(values, start=1)]
 
 
+def resaves() -> list[Perturbation]:
+    """The container re-saves, least lossy first: lossless WebP, JPEG 100, WebP 80 (the WebP ones only where Pillow
+    can write WebP)."""
+    title = "format re-save"
+    webp = has_webp()
+    return [
+        *([Perturbation("webp-lossless", "resave", title, 1, "WebP lossless",
+                        partial(pillow_round_trip, fmt="WEBP", lossless=True))] if webp else []),
+        Perturbation("jpeg-100", "resave", title, 2, "JPEG quality 100", partial(jpeg_round_trip, quality=100)),
+        *([Perturbation("webp-80", "resave", title, 3, "WebP quality 80",
+                        partial(pillow_round_trip, fmt="WEBP", quality=80))] if webp else []),
+    ]
+
+
 SUITE: tuple[Perturbation, ...] = (
     *_family("jpeg", "JPEG re-compression", jpeg_round_trip, "quality", (95, 75, 50, 30), "quality {}"),
     *_family("blur", "Gaussian blur", gaussian_blur, "sigma", (0.5, 1.0, 2.0), "sigma {}"),
     *_family("downscale", "down-scale and back", downscale_round_trip, "factor", (2, 4), "1/{}"),
     *_family("noise", "Gaussian noise", gaussian_noise, "sigma", (2.0, 5.0, 10.0), "sigma {}"),
     Perturbation("png", "png", "PNG round trip (lossless)", 0, "identity", png_round_trip),
+    *resaves(),
 )
 PERTURBATIONS = {perturbation.name: perturbation for perturbation in SUITE}
+# The mild everyday edits `predict --check-stability` re-scores each image after: a verdict that one of them
+# flips is no verdict (UNSURE). The suite's own functions, so a flip there is a flip in the robustness report.
+STABILITY_EDITS = tuple(PERTURBATIONS[name] for name in ("jpeg-75", "blur-0.5", "downscale-2"))
 FAMILIES = tuple(dict.fromkeys(perturbation.family for perturbation in SUITE))
 
 

@@ -7,6 +7,10 @@
 Images go through the one decoder (`data.decode`) and the scoring `evaluate` uses
 (`inference.scoring.fake_probabilities`), so an image gets the same P(FAKE) here as in predictions.csv. An
 exported ONNX file runs in ONNX Runtime after the same decoder and `data.transforms.to_model_input`.
+
+A detector may also say it does not know (`UnsureRule`): UNSURE when its confidence is low, or when a mild
+everyday edit of the image (a JPEG re-save, a slight blur, a down-scale) would change its verdict; a verdict that
+a re-save flips says more about the file than about the image.
 """
 
 from __future__ import annotations
@@ -15,21 +19,23 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from PIL import Image
 
-from vitdetect.config.labels import ID2LABEL
+from vitdetect.config.labels import ID2LABEL, UNSURE
 from vitdetect.config.run_files import BEST_NAME, DEFAULT_RUN_DIR
 from vitdetect.data.dataset import decode_images
 from vitdetect.data.decode import open_image
+from vitdetect.data.perturbations import STABILITY_EDITS, Perturbation
 from vitdetect.errors import UsageError
 from vitdetect.inference.explain import as_picture, check_method, default_method, explain_images
 from vitdetect.inference.onnx import OnnxModel
 from vitdetect.inference.scoring import TrainedModel, fake_probabilities
 from vitdetect.models.builtin import BUILTIN, resolve_checkpoint
-from vitdetect.reports.metrics import classify
+from vitdetect.reports.metrics import classify, confidence
 from vitdetect.reports.overlays import Explained
 from vitdetect.utils.distributed import make_accelerator
 from vitdetect.utils.progress import Reporter
@@ -55,15 +61,35 @@ class Prediction:
     """
 
     path: str
-    label: str | None = None  # "REAL" or "FAKE"
+    label: str | None = None  # "REAL", "FAKE", or "UNSURE" when the detector's UnsureRule abstains
     p_fake: float | None = None
-    confidence: float | None = None  # the probability of the predicted label
+    confidence: float | None = None  # the probability of the label P(FAKE) and the threshold give (REAL or FAKE)
     error: str | None = None
     note: str | None = None  # why this verdict deserves caution (e.g. an image far from the training size)
+    reason: str | None = None  # why the label is UNSURE: the low confidence, or the edit that changed the verdict
 
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@dataclass(frozen=True)
+class UnsureRule:
+    """When a verdict is UNSURE instead of REAL or FAKE; the defaults never abstain (every image gets a verdict).
+
+    Args:
+        min_confidence: UNSURE when the calibrated probability of the predicted label is below it.
+        check_stability: also score each image after each of `perturbations.STABILITY_EDITS` (JPEG quality 75,
+            Gaussian blur sigma 0.5, down-scale to 1/2 and back, on the decoded image at the stored size, as in
+            `evaluate --robustness`); UNSURE when one of them changes the verdict. Scoring costs 4 times as much.
+    """
+
+    min_confidence: float = 0.0
+    check_stability: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_confidence <= 1.0:  # NaN fails too
+            raise UsageError(f"min_confidence must be between 0 and 1 (got {self.min_confidence!r})")
 
 
 class Detector:
@@ -79,6 +105,7 @@ class Detector:
         accelerator: an Accelerate `Accelerator` (device, processes); None: one for this machine.
         reporter: where progress goes; None: silent.
         chunk_size: images decoded and held in memory at once.
+        min_confidence, check_stability: when a verdict is UNSURE (see `UnsureRule`); by default never.
 
     Examples:
         >>> from vitdetect import Detector
@@ -96,8 +123,11 @@ class Detector:
         accelerator=None,
         reporter: Reporter | None = None,
         chunk_size: int = DEFAULT_CHUNK,
+        min_confidence: float = 0.0,
+        check_stability: bool = False,
     ):
         self.trained = trained
+        self.unsure = UnsureRule(min_confidence, check_stability)
         self.threshold = trained.threshold if threshold is None else float(threshold)
         self.batch_size = batch_size
         self.accelerator = accelerator or make_accelerator()
@@ -130,11 +160,13 @@ class Detector:
         """Load a file written by `vitdetect export --format onnx` into ONNX Runtime; options as for Detector()."""
         return cls(OnnxModel.load(path, cpu=cpu), **options)
 
-    def predict(self, images: Iterable[ImageSource]) -> list[Prediction]:
+    def predict(self, images: Iterable[ImageSource], unsure: UnsureRule | None = None) -> list[Prediction]:
         """One Prediction per image, in order; images that cannot be decoded get an error instead.
 
-        Chunks are decoded in parallel threads while the previous chunk is being scored.
+        unsure: when to answer UNSURE for these images; None: the detector's own rule (the server takes each
+        request's). Chunks are decoded in parallel threads while the previous chunk is being scored.
         """
+        unsure = unsure or self.unsure
         sources = list(images)
         names = [_name(source, index) for index, source in enumerate(sources)]
         chunks = [slice(start, start + self.chunk_size) for start in range(0, len(sources), self.chunk_size)]
@@ -146,7 +178,7 @@ class Detector:
                 decoded = pending.result()
                 if number + 1 < len(chunks):
                     pending = self.prefetch.submit(self._decode, sources[chunks[number + 1]])
-                results.extend(self._judge(names[chunk], *decoded))
+                results.extend(self._judge(names[chunk], *decoded, unsure))
                 bar.advance(len(names[chunk]))
         return results
 
@@ -189,12 +221,16 @@ class Detector:
         return images, kept, [reason for _, reason in failures], notes
 
     def _judge(self, names: list[str], images: torch.Tensor, kept: list[int], reasons: list[str],
-               notes: list[str | None]):
-        scores = self._probabilities(images) if kept else []
-        judged = dict(zip(kept, zip(scores, classify(scores, self.threshold), notes, strict=True), strict=True))
+               notes: list[str | None], unsure: UnsureRule):
+        scores = self._probabilities(images) if kept else np.empty(0)
+        edited = ({edit: self._probabilities(edit(images, seed=0)) for edit in STABILITY_EDITS}
+                  if unsure.check_stability and kept else {})
+        verdicts = decide(scores, edited, self.threshold, unsure)
+        judged = {index: Prediction(names[index], verdict.label, float(p_fake), verdict.confidence, note=note,
+                                    reason=verdict.reason)
+                  for index, p_fake, verdict, note in zip(kept, scores, verdicts, notes, strict=True)}
         failed = iter(reasons)  # failures come in input order, like kept
-        return [_verdict(name, *judged[index]) if index in judged else Prediction(name, error=next(failed))
-                for index, name in enumerate(names)]
+        return [judged.get(index) or Prediction(name, error=next(failed)) for index, name in enumerate(names)]
 
     def _probabilities(self, images: torch.Tensor) -> np.ndarray:
         if isinstance(self.trained, OnnxModel):
@@ -202,9 +238,27 @@ class Detector:
         return fake_probabilities(self.trained, images, self.batch_size, self.accelerator)
 
 
-def _verdict(path: str, p_fake: float, fake: int, note: str | None) -> Prediction:
-    p_fake = float(p_fake)
-    return Prediction(path, ID2LABEL[int(fake)], p_fake, p_fake if fake else 1.0 - p_fake, note=note)
+class Verdict(NamedTuple):
+    label: str
+    confidence: float
+    reason: str | None
+
+
+def decide(p_fake: np.ndarray, edited: dict[Perturbation, np.ndarray], threshold: float,
+           unsure: UnsureRule) -> list[Verdict]:
+    """The verdict of each image: REAL or FAKE by the threshold, or UNSURE with the reason when
+    the confidence is below unsure.min_confidence or an edit (edited: its P(FAKE) per image) changes the verdict."""
+    labels, sure = classify(p_fake, threshold), confidence(p_fake, threshold)
+    changed = {edit: classify(scores, threshold) != labels for edit, scores in edited.items()}
+    decided = []
+    for index, (label, certainty) in enumerate(zip(labels, sure, strict=True)):
+        why = ([f"confidence {certainty:.1%} is below {unsure.min_confidence * 100:g}%"]
+               if certainty < unsure.min_confidence else [])
+        why += [f"{edit.name} ({edit.family_title}, {edit.parameter}) turns it {ID2LABEL[1 - int(label)]}: "
+                f"P(FAKE) {p_fake[index]:.3f} -> {edited[edit][index]:.3f}"
+                for edit, flips in changed.items() if flips[index]]
+        decided.append(Verdict(UNSURE if why else ID2LABEL[int(label)], float(certainty), "; ".join(why) or None))
+    return decided
 
 
 def scale_note(source: ImageSource, trained_size: int) -> str | None:

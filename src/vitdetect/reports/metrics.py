@@ -24,6 +24,7 @@ PREDICTION_COLUMNS = ("path", "true_label", "p_fake", "predicted_label")
 UNCALIBRATED_COLUMN = "p_fake_uncalibrated"  # P(FAKE) at T = 1, for the reliability diagram's "before" curve
 CALIBRATION_BINS = 15
 TARGET_FPRS = (0.01, 0.05)
+SELECTIVE_COVERAGES = (1.0, 0.99, 0.98, 0.95, 0.90, 0.80)  # shares of images decided in metrics.json's "selective"
 
 
 def epoch_metrics(labels: np.ndarray, predictions: np.ndarray, losses: np.ndarray) -> dict[str, float]:
@@ -45,6 +46,44 @@ def epoch_metrics(labels: np.ndarray, predictions: np.ndarray, losses: np.ndarra
 def classify(p_fake: np.ndarray, threshold: float) -> np.ndarray:
     """Label ids: 1 (FAKE) where P(FAKE) >= threshold, else 0 (REAL)."""
     return (np.asarray(p_fake) >= threshold).astype(np.int64)
+
+
+def confidence(p_fake: np.ndarray, threshold: float) -> np.ndarray:
+    """The probability of the predicted class: P(FAKE) where the verdict is FAKE, else 1 - P(FAKE). The one
+    definition of a verdict's confidence: predict shows it and compares it with --min-confidence, and evaluate's
+    selective-prediction table decides the most confident images first by it."""
+    p_fake = np.asarray(p_fake, dtype=np.float64)
+    return np.where(classify(p_fake, threshold) == 1, p_fake, 1.0 - p_fake)
+
+
+def risk_coverage(labels: np.ndarray, p_fake: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
+    """Selective prediction: a detector that answers UNSURE below a confidence decides its most confident images
+    first. For each confidence it can stop at (the confidence of a decided image; equal confidences are decided
+    together): the share of images decided (coverage), that confidence (the --min-confidence that decides them)
+    and the error rate among them (risk). Most confident first; empty without images."""
+    labels, p_fake = np.asarray(labels), np.asarray(p_fake, dtype=np.float64)
+    sure = confidence(p_fake, threshold)
+    order = np.argsort(-sure, kind="stable")
+    ranked = sure[order]
+    errors = np.cumsum(classify(p_fake, threshold)[order] != labels[order])
+    decided = np.arange(1, len(labels) + 1)
+    last_of_tie = np.r_[ranked[1:] < ranked[:-1], True] if len(labels) else np.zeros(0, dtype=bool)
+    return {"coverage": decided[last_of_tie] / max(len(labels), 1), "min_confidence": ranked[last_of_tie],
+            "risk": errors[last_of_tie] / decided[last_of_tie], "decided": decided[last_of_tie]}
+
+
+def selective_table(labels: np.ndarray, p_fake: np.ndarray, threshold: float,
+                    coverages: tuple[float, ...] = SELECTIVE_COVERAGES) -> list[dict[str, float]]:
+    """For each target coverage, the highest --min-confidence that decides at least that share of the images, the
+    share it decides (above the target only where equal confidences straddle it), and the accuracy on them."""
+    curve = risk_coverage(labels, p_fake, threshold)
+    rows = []
+    for target in coverages if len(curve["coverage"]) else ():
+        point = int(np.searchsorted(curve["coverage"], target - 1e-12))  # coverage rises along the curve
+        rows.append({"target_coverage": target, "coverage": float(curve["coverage"][point]),
+                     "min_confidence": float(curve["min_confidence"][point]),
+                     "accuracy": float(1.0 - curve["risk"][point]), "decided": int(curve["decided"][point])})
+    return rows
 
 
 def rates_at_threshold(labels: np.ndarray, p_fake: np.ndarray, threshold: float) -> tuple[float, float]:
@@ -151,6 +190,7 @@ def detector_metrics(
         **probability_metrics(labels, p_fake),
         "ece_bins": CALIBRATION_BINS,
         "tpr_at_fpr": {str(target): threshold_at_fpr(labels, p_fake, target) for target in TARGET_FPRS},
+        "selective": selective_table(labels, p_fake, threshold),
         "per_class": per_class,
         "confusion_matrix": confusion_matrix(labels, predicted, labels=[0, 1]).tolist(),
     }

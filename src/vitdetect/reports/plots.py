@@ -29,6 +29,8 @@ from vitdetect.reports.metrics import (
     rates_at_threshold,
     read_metrics,
     read_predictions,
+    risk_coverage,
+    selective_table,
 )
 
 HISTOGRAM_BINS = 50
@@ -70,11 +72,12 @@ def training_figures(results_dir: Path, fmt: str = "png") -> PlotResult:
 
 
 def evaluation_figures(results_dir: Path, fmt: str = "png") -> PlotResult:
-    """Confusion matrix, ROC, PR, score histogram, reliability diagram: from metrics.json, predictions.csv."""
+    """Confusion matrix, ROC, PR, score histogram, reliability diagram, risk-coverage curve: from metrics.json and
+    predictions.csv."""
     results_dir = Path(results_dir)
     missing = [name for name in (METRICS_NAME, PREDICTIONS_NAME) if not (results_dir / name).is_file()]
     figures = dict(zip(EVALUATION_FIGURES, (draw_confusion_matrix, draw_roc_curve, draw_pr_curve,
-                                            draw_score_histogram, draw_calibration), strict=True))
+                                            draw_score_histogram, draw_calibration, draw_risk_coverage), strict=True))
     if missing:
         return PlotResult(skipped=[f"skipped {name}.{fmt}: no {' or '.join(missing)} in {results_dir} "
                                    "(run `vitdetect evaluate`)" for name in figures])
@@ -248,6 +251,26 @@ def draw_calibration(figure, metrics: dict, predictions: Predictions) -> None:
     top.legend(loc="upper left")
     log_count_axis(bottom)
     bottom.set(xlabel="predicted P(FAKE)", ylabel="images (log)")
+
+
+def draw_risk_coverage(figure, metrics: dict, predictions: Predictions) -> None:
+    """Selective prediction: the error rate on the images decided, against the share decided, when the least
+    confident answer UNSURE; the points of metrics.json's table, with the --min-confidence of each. Recomputed from
+    predictions.csv, so metrics.json written before the table existed plots too."""
+    figure.set_size_inches(7.5, 5.5)
+    ax = figure.subplots()
+    threshold = metrics["threshold"]
+    curve = risk_coverage(predictions.labels, predictions.p_fake, threshold)
+    ax.plot(100 * curve["coverage"], 100 * curve["risk"], color=CLASS_COLOURS[POSITIVE_CLASS], linewidth=2,
+            drawstyle="steps-post", label="error rate on the decided images")
+    for row, marker in zip(selective_table(predictions.labels, predictions.p_fake, threshold), "o^sDv<", strict=False):
+        ax.scatter([100 * row["coverage"]], [100 * (1 - row["accuracy"])], marker=marker, color=GUIDE, s=40,
+                   zorder=3, label=f"{row['target_coverage']:.0%} decided: accuracy {row['accuracy']:.4f}, "
+                   f"--min-confidence {row['min_confidence']:.4g}")
+    ax.set(xlim=(0, 101), ylim=(0, None), xlabel="coverage: images decided (%), the least confident UNSURE",
+           ylabel="risk: errors among the decided images (%)",
+           title=f"Risk-coverage (selective prediction)\n{subtitle(metrics)}")
+    ax.legend(loc="upper left", fontsize="small")
 
 
 def log_count_axis(ax) -> None:

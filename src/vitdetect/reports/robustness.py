@@ -12,7 +12,8 @@ from vitdetect.errors import VitdetectError
 from vitdetect.reports.figures import GUIDE, PlotResult, save
 
 # seaborn's colour-blind palette, one colour per family
-FAMILY_COLOURS = {"jpeg": "#0173b2", "blur": "#de8f05", "downscale": "#029e73", "noise": "#cc78bc"}
+FAMILY_COLOURS = {"jpeg": "#0173b2", "blur": "#de8f05", "downscale": "#029e73", "noise": "#cc78bc",
+                  "resave": "#ca9161"}
 LABEL_GAP = 0.045  # of the axis height: one 7-point label in a 5.5-inch figure, plus a little
 PANELS = (("accuracy", "accuracy", "Accuracy at the checkpoint's threshold"),
           ("roc_auc", "ROC AUC", "ROC AUC (FAKE = positive class)"))

@@ -6,6 +6,7 @@ read from the package once at start-up and served from memory (no request path r
 
 from __future__ import annotations
 
+import functools
 import logging
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from starlette.exceptions import HTTPException
 from vitdetect import __version__
 from vitdetect.config.commands import ServeSettings
 from vitdetect.config.labels import ID2LABEL, POSITIVE_CLASS
-from vitdetect.inference.detector import Detector, Prediction
+from vitdetect.inference.detector import Detector, Prediction, UnsureRule
 from vitdetect.serve.batching import BatchingQueue
 from vitdetect.serve.heatmaps import heatmap_png
 from vitdetect.serve.schemas import ErrorResponse, Health, ImageResult, Limits, ModelInfo, PredictResponse
@@ -40,6 +41,11 @@ ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text
     (400, "Malformed request"), (413, "Request too large, or too many files"),
     (415, "Neither multipart/form-data nor an image body"),
     (422, "No file in the request is an image that can be read"), (501, "Explanations not available"))}
+MIN_CONFIDENCE_HELP = ("Answer UNSURE for an image whose calibrated probability of the predicted label is below "
+                       "this (0-1); p_fake is still given. 0: every image gets REAL or FAKE.")
+CHECK_STABILITY_HELP = ("Also judge each image after mild everyday edits (JPEG quality 75, blur sigma 0.5, "
+                        "down-scale to 1/2 and back) and answer UNSURE when one of them changes the verdict; the "
+                        "reason names the edit. Takes 4 times the model time.")
 
 
 @dataclass
@@ -55,7 +61,7 @@ class Service:
 
 def create_app(detector: Detector, settings: ServeSettings) -> FastAPI:
     """The app around one loaded detector; settings give the limits and batching."""
-    queue = BatchingQueue(detector.predict, settings.max_batch, settings.max_wait_ms / 1000)
+    queue = BatchingQueue(functools.partial(judge_batch, detector), settings.max_batch, settings.max_wait_ms / 1000)
     limits = UploadLimits(int(settings.max_upload_mb * 1e6), settings.max_files)
     service = Service(detector, queue, limits, model_info(detector, settings), read_static_files())
 
@@ -67,7 +73,8 @@ def create_app(detector: Detector, settings: ServeSettings) -> FastAPI:
 
     app = FastAPI(title="vitdetect", version=__version__, lifespan=lifespan,
                   description="Tell real photos from AI-generated images. FAKE (AI-generated) is the positive "
-                  "class: an image is FAKE when P(FAKE) >= the threshold. Errors are JSON: {\"error\": message}.")
+                  "class: an image is FAKE when P(FAKE) >= the threshold, or UNSURE when a request asks the model to "
+                  "abstain (min_confidence, check_stability). Errors are JSON: {\"error\": message}.")
     app.state.service = service
     add_routes(app)
     add_error_handlers(app)
@@ -98,19 +105,23 @@ def add_routes(app: FastAPI) -> None:
     @app.post("/v1/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=UPLOAD_BODY,
               summary="Judge images: REAL or FAKE with P(FAKE), one result per image in upload order")
     async def predict(request: Request, explain: bool = Query(
-            False, description="Add a heatmap of where the model looked to each result (heatmap_png)")):
+            False, description="Add a heatmap of where the model looked to each result (heatmap_png)"),
+            min_confidence: float = Query(0.0, ge=0, le=1, allow_inf_nan=False, description=MIN_CONFIDENCE_HELP),
+            check_stability: bool = Query(False, description=CHECK_STABILITY_HELP)):
         service: Service = request.app.state.service
         if explain and (reason := service.detector.explanations_unavailable()):
             raise ApiError(400, f"this server gives no explanations: {reason}")
         uploads = await read_uploads(request, service.limits)
-        predictions = await service.queue.submit([upload.data for upload in uploads])
+        unsure = UnsureRule(min_confidence, check_stability)
+        predictions = await service.queue.submit([(upload.data, unsure) for upload in uploads])
         heatmaps = await explain_readable(service, service.detector.explain, uploads, predictions) if explain else {}
         results = [image_result(upload.name, prediction, heatmaps.get(index))
                    for index, (upload, prediction) in enumerate(zip(uploads, predictions, strict=True))]
         if not any(prediction.ok for prediction in predictions):
             raise ApiError(422, f"no uploaded file is an image that can be read ({len(results)} file(s))",
                            results=[result.model_dump() for result in results])
-        return PredictResponse(threshold=service.detector.threshold, results=results)
+        return PredictResponse(threshold=service.detector.threshold, min_confidence=min_confidence,
+                               check_stability=check_stability, results=results)
 
     @app.get("/v1/model", response_model=ModelInfo, summary="The model being served, its threshold and metrics")
     async def model(request: Request) -> ModelInfo:
@@ -140,9 +151,20 @@ async def explain_readable(service: Service, explain_images, uploads: list[Uploa
     return {index: heatmap_png(heatmap) for index, heatmap in zip(readable, maps, strict=True)}
 
 
+def judge_batch(detector: Detector, items: list[tuple[bytes, UnsureRule]]) -> list[Prediction]:
+    """The batching queue's model call: requests that asked for different UNSURE rules share a batch, and each
+    rule's images go through one Detector.predict."""
+    judged: dict[int, Prediction] = {}
+    for unsure in dict.fromkeys(unsure for _, unsure in items):
+        chosen = [index for index, (_, wanted) in enumerate(items) if wanted == unsure]
+        judged.update(zip(chosen, detector.predict([items[index][0] for index in chosen], unsure), strict=True))
+    return [judged[index] for index in range(len(items))]
+
+
 def image_result(name: str, prediction: Prediction, heatmap: str | None) -> ImageResult:
     return ImageResult(name=name, label=prediction.label, p_fake=prediction.p_fake,
-                       confidence=prediction.confidence, error=prediction.error, heatmap_png=heatmap)
+                       confidence=prediction.confidence, error=prediction.error, reason=prediction.reason,
+                       heatmap_png=heatmap)
 
 
 def add_error_handlers(app: FastAPI) -> None:

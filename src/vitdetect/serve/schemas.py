@@ -9,10 +9,18 @@ from pydantic import BaseModel, Field
 
 class ImageResult(BaseModel):
     name: str = Field(description="The uploaded file's name (the multipart filename; 'body' for a raw image body).")
-    label: Literal["REAL", "FAKE"] | None = Field(None, description="The verdict; null when the file is unreadable.")
+    label: Literal["REAL", "FAKE", "UNSURE"] | None = Field(
+        None, description="The verdict; UNSURE when the request's min_confidence or check_stability makes the model "
+        "abstain (reason says why); null when the file is unreadable.")
     p_fake: float | None = Field(None, description="P(FAKE): the probability that the image is AI-generated.")
-    confidence: float | None = Field(None, description="The probability of the predicted label.")
+    confidence: float | None = Field(None, description="The probability of the label P(FAKE) and the threshold "
+                                     "give (REAL or FAKE), also for UNSURE.")
     error: str | None = Field(None, description="Why the file could not be judged (corrupt, empty, not an image).")
+    reason: str | None = Field(
+        None, description="Why the label is UNSURE: the confidence below min_confidence, or each edit that changes "
+        "the verdict with its P(FAKE), e.g. 'jpeg-75 (JPEG re-compression, quality 75) turns it FAKE: P(FAKE) 0.412 "
+        "-> 0.633'. Null otherwise.",
+    )
     heatmap_png: str | None = Field(
         None, description="With ?explain=true: where the model looked, as a base64 PNG heatmap (bright = more "
         "influence). Null otherwise, and for unreadable files.",
@@ -21,6 +29,8 @@ class ImageResult(BaseModel):
 
 class PredictResponse(BaseModel):
     threshold: float = Field(description="An image is FAKE when P(FAKE) >= threshold.")
+    min_confidence: float = Field(description="The request's min_confidence: UNSURE below this confidence.")
+    check_stability: bool = Field(description="Whether the request asked for the stability check.")
     results: list[ImageResult] = Field(description="One result per uploaded image, in upload order.")
 
 

@@ -145,14 +145,16 @@ def same_setting(requested: Any, saved: Any) -> bool:
 
 
 def resolved_config(settings: TrainSettings, prep: Preprocessing, trainable: int, total: int,
-                    processes: int) -> dict[str, Any]:
-    """config.json: the run's settings and what they resolved to; also its hyperparameters in the trackers."""
+                    processes: int, teacher: dict[str, Any] | None = None) -> dict[str, Any]:
+    """config.json: the run's settings and what they resolved to (teacher: where a --distill run's teacher comes
+    from); also its hyperparameters in the trackers."""
     return {
         "settings": settings.to_json_dict(),
         "preprocessing": prep.to_dict(),
         "parameters": {"trainable": trainable, "total": total},
         "processes": processes,
         "images_per_step": processes * settings.batch_size,
+        **({"teacher": teacher} if teacher else {}),
     }
 
 

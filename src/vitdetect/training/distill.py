@@ -8,6 +8,10 @@ batch (Hinton et al. 2015; DeiT, Touvron et al. 2021, distils a convnet into a V
 
     loss = (1 - alpha) * CE(student, label) + alpha * tau^2 * KL(softmax(teacher / tau) || softmax(student / tau))
 
+`--teacher PATH` skips the teacher's training (30-60 minutes on the full split) by reusing the teacher.pth of an
+earlier run, so the runs of an ablation share one teacher; it is checked against this run's labels and image sizes
+first, because a teacher trained on other images would teach a cue that is not in these.
+
 Only the training loss changes: validation, early stopping, calibration and the saved model are the student's
 alone, a plain transformers model (ViTForImageClassification, or PVTv2 for pvt-v2-32). The CNN is the peer of
 issue 11 (and benchmarks/bench_accuracy.py).
@@ -15,17 +19,24 @@ issue 11 (and benchmarks/bench_accuracy.py).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 import vitdetect.utils.distributed as distributed
-from vitdetect.config.run_files import TEACHER_NAME
+from vitdetect.config.labels import CLASS_NAMES
+from vitdetect.config.run_files import CONFIG_NAME, TEACHER_NAME
 from vitdetect.config.settings import TrainSettings
 from vitdetect.data.transforms import Preprocessing, build_augmentation, to_model_input
+from vitdetect.errors import UsageError, VitdetectError
+from vitdetect.utils.atomic import atomic_write
 from vitdetect.utils.progress import Reporter
 from vitdetect.utils.torch_files import atomic_torch_save
 
@@ -80,8 +91,10 @@ def teacher_for(output_dir: Path, train_set, prep: Preprocessing, settings: Trai
                 accelerator, resuming: bool) -> torch.nn.Module:
     """The teacher of a --distill run, in eval mode on the training device with gradients off.
 
-    The main process trains it on the training split (a resumed run keeps the one its folder holds) and saves
-    it as teacher.pth; every process then loads that file, so all of them distil from the same network.
+    The main process puts it in the run's folder as teacher.pth: a resumed run keeps the one its folder holds,
+    --teacher copies the given one there (checked by `teacher_origin` first; the folder stays complete when the
+    source is moved), otherwise it is trained on the training split. Every process then loads that file, so all
+    of them distil from the same network.
     """
     path = output_dir / TEACHER_NAME
 
@@ -90,24 +103,92 @@ def teacher_for(output_dir: Path, train_set, prep: Preprocessing, settings: Trai
         model = train_small_cnn(train_set.images, train_set.labels, prep, settings.teacher_epochs,
                                 settings.batch_size, settings.seed, reporter, accelerator.device)
         seconds = time.perf_counter() - started
-        atomic_torch_save(path, {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-                                 "epochs": settings.teacher_epochs, "seconds": seconds})
+        save_teacher(path, model, prep, {"epochs": settings.teacher_epochs, "seconds": seconds})
         reporter.info(f"teacher: small CNN, {settings.teacher_epochs} epochs in {seconds:.1f} s -> {path}")
+
+    def copy_given() -> None:  # byte for byte, so its SHA-256 in config.json names the copy too
+        atomic_write(path, lambda temp: shutil.copyfile(settings.teacher, temp))
+        reporter.info(f"teacher: {settings.teacher}, reused (no teacher training) -> {path}")
 
     if resuming and path.exists():
         reporter.info(f"teacher: {path} (from the run being resumed)")
+    elif settings.teacher is not None:
+        distributed.on_main_process(copy_given, accelerator)
     else:
         distributed.on_main_process(train_and_save, accelerator)
     teacher, _ = read_teacher(path)
     return teacher.to(accelerator.device).requires_grad_(False)
 
 
+def save_teacher(path: Path, model: torch.nn.Module, prep: Preprocessing, record: dict[str, Any]) -> None:
+    """teacher.pth: the weights, and the labels and preprocessing they were trained for, which --teacher checks."""
+    atomic_torch_save(path, {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
+                             "labels": list(CLASS_NAMES), "preprocessing": prep.to_dict(), **record})
+
+
 def read_teacher(path: Path) -> tuple[torch.nn.Module, dict]:
-    """A saved teacher in eval mode on the CPU, and its record (epochs, training seconds)."""
+    """A saved teacher in eval mode on the CPU, and its record (epochs, training seconds, labels, preprocessing)."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
     model = small_cnn()
     model.load_state_dict(saved.pop("state_dict"))
     return model.eval(), saved
+
+
+def checked_teacher(path: Path, prep: Preprocessing) -> dict[str, Any]:
+    """The contents of the teacher.pth given to --teacher, with its labels and preprocessing, refused in one line
+    unless it was trained on images like this run's: same labels, same stored and input sizes, same normalization
+    (the teacher sees the very pixels the student does)."""
+    if not path.is_file():
+        raise UsageError(f"--teacher {path}: no such file (give the teacher.pth of an earlier --distill run)")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        small_cnn().load_state_dict(saved["state_dict"])
+    except Exception:  # noqa: BLE001 - torch.load and load_state_dict raise many types for a wrong file
+        raise VitdetectError(f"--teacher {path} is not a teacher.pth written by `vitdetect train --distill`") from None
+    saved = {**saved, **teacher_record(path, saved)}
+    if saved["labels"] != list(CLASS_NAMES):
+        raise VitdetectError(f"--teacher {path} was trained for the labels {saved['labels']}, this run's are "
+                             f"{list(CLASS_NAMES)}")
+    trained_for = Preprocessing.from_dict(saved["preprocessing"])
+    if trained_for != prep:
+        raise VitdetectError(f"--teacher {path} was trained on {describe(trained_for)}, this run's are "
+                             f"{describe(prep)}: drop --teacher to train a teacher for them")
+    return saved
+
+
+def teacher_record(path: Path, saved: dict[str, Any]) -> dict[str, Any]:
+    """The labels and preprocessing a teacher was trained for: from the file, or for a teacher saved before
+    files recorded them, from the config.json of the run beside it (labels: the label map, fixed since before
+    teachers existed)."""
+    if "preprocessing" in saved:
+        return {"labels": list(saved["labels"]), "preprocessing": saved["preprocessing"]}
+    config = path.parent / CONFIG_NAME
+    try:
+        preprocessing = json.loads(config.read_text(encoding="utf-8"))["preprocessing"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise VitdetectError(f"--teacher {path} records no image size, and there is no readable {CONFIG_NAME} of "
+                             "its run beside it to tell") from None
+    return {"labels": list(CLASS_NAMES), "preprocessing": preprocessing}
+
+
+def describe(prep: Preprocessing) -> str:
+    return (f"{prep.storage_size}x{prep.storage_size} images (model input {prep.image_size}x{prep.image_size}, "
+            f"mean {list(prep.mean)}, std {list(prep.std)})")
+
+
+def teacher_origin(output_dir: Path, settings: TrainSettings, prep: Preprocessing, resuming: bool) -> dict | None:
+    """config.json's record of where a --distill run's teacher comes from: the file given to --teacher (its
+    absolute path and SHA-256, so runs that shared a teacher can be told) or this run's own training. A given
+    teacher is checked here, so a wrong one is refused before anything is trained."""
+    if not settings.distill:
+        return None
+    if settings.teacher is None:
+        return {"source": "trained by this run", "epochs": settings.teacher_epochs}
+    kept = output_dir / TEACHER_NAME
+    path = kept if resuming and kept.exists() else settings.teacher
+    saved = checked_teacher(path, prep)
+    return {"source": str(settings.teacher.resolve()), "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+            "epochs": saved.get("epochs")}
 
 
 def training_loss(logits: torch.Tensor, targets: torch.Tensor, teacher_logits: torch.Tensor | None,

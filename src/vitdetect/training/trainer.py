@@ -36,7 +36,7 @@ from vitdetect.training.artifacts import (
     write_config,
     write_history,
 )
-from vitdetect.training.distill import teacher_for, training_loss
+from vitdetect.training.distill import teacher_for, teacher_origin, training_loss
 from vitdetect.training.features import extract_features, single_threaded
 from vitdetect.training.interrupts import Interrupted, interruption_guard, interruption_message, saved_so_far
 from vitdetect.training.optim import make_optimizer, make_scheduler
@@ -123,7 +123,8 @@ def run_training(settings: TrainSettings, accelerator, reporter: Reporter, resum
         f"{accelerator.num_processes} process(es) x batch {settings.batch_size} = "
         f"{accelerator.num_processes * settings.batch_size} images per step on {accelerator.device}"
     )
-    config = resolved_config(settings, prep, trainable, total, accelerator.num_processes)
+    teacher_source = teacher_origin(output_dir, settings, prep, resuming=resumed is not None)
+    config = resolved_config(settings, prep, trainable, total, accelerator.num_processes, teacher_source)
     if accelerator.is_main_process:
         write_config(output_dir, config)
 

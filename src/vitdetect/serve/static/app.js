@@ -73,11 +73,12 @@ function showResult(card, result) {
     card.querySelector(".text").append(element("p", "detail", result.error));
     return;
   }
-  const fake = result.label === "FAKE";
-  card.classList.add(fake ? "fake" : "real");
+  const unsure = result.label === "UNSURE";
+  const fake = result.p_fake >= state.threshold;  // the side P(FAKE) leans to, also for UNSURE
+  card.classList.add(unsure ? "unsure" : fake ? "fake" : "real");
   card.dataset.label = result.label;
   card.dataset.pFake = String(result.p_fake);
-  verdict.textContent = fake ? "AI-generated (FAKE)" : "Real photo (REAL)";
+  verdict.textContent = unsure ? "Unsure (UNSURE)" : fake ? "AI-generated (FAKE)" : "Real photo (REAL)";
   const meter = element("div", "meter");
   meter.setAttribute("role", "img");
   meter.setAttribute("aria-label", `P(FAKE) ${(result.p_fake * 100).toFixed(1)}%`);
@@ -88,11 +89,13 @@ function showResult(card, result) {
   meter.append(fill, mark);
   const numbers = element("p", "score");
   numbers.append(element("strong", "p-fake", `P(FAKE) = ${result.p_fake.toFixed(3)}`),
-    ` · ${(result.confidence * 100).toFixed(1)}% sure it is ${fake ? "AI-generated" : "real"}`);
-  if (Math.abs(result.p_fake - state.threshold) < UNCERTAIN) {
+    ` · ${(result.confidence * 100).toFixed(1)}% ${unsure ? "leaning to" : "sure it is"} ` +
+    `${fake ? "AI-generated" : "real"}`);
+  if (!unsure && Math.abs(result.p_fake - state.threshold) < UNCERTAIN) {
     numbers.append(element("span", "uncertain", " · uncertain: close to the threshold"));
   }
   card.querySelector(".text").append(meter, numbers);
+  if (unsure) card.querySelector(".text").append(element("p", "reason", `Why: ${result.reason}`));
   if (result.heatmap_png) {
     const heatmap = element("img", "heatmap");
     heatmap.src = `data:image/png;base64,${result.heatmap_png}`;
@@ -101,12 +104,23 @@ function showResult(card, result) {
   }
 }
 
-async function sendGroup(group, explain) {
+// The query of POST v1/predict: the heatmap and the UNSURE options the page's controls ask for.
+function predictUrl() {
+  const query = new URLSearchParams();
+  if (byId("explain").checked) query.set("explain", "true");
+  if (byId("check-stability").checked) query.set("check_stability", "true");
+  const percent = parseFloat(byId("min-confidence").value);
+  if (percent > 0) query.set("min_confidence", String(Math.min(percent, 100) / 100));
+  const text = query.toString();
+  return text ? `v1/predict?${text}` : "v1/predict";
+}
+
+async function sendGroup(group, url) {
   const form = new FormData();
   for (const item of group) form.append("files", item.file, item.file.name);
   let body, status;
   try {
-    const response = await fetch(explain ? "v1/predict?explain=true" : "v1/predict", { method: "POST", body: form });
+    const response = await fetch(url, { method: "POST", body: form });
     status = response.status;
     body = await response.json();
   } catch (error) {
@@ -125,11 +139,12 @@ async function judge(files) {
   const list = byId("results");
   list.prepend(...items.map((item) => item.card));
   byId("status").textContent = `Judging ${items.length} image(s)…`;
-  const explain = byId("explain").checked;
-  const labels = (await Promise.all(requestsFor(items).map((group) => sendGroup(group, explain)))).flat();
+  const url = predictUrl();
+  const labels = (await Promise.all(requestsFor(items).map((group) => sendGroup(group, url)))).flat();
   const count = (label) => labels.filter((value) => value === label).length;
   byId("status").textContent = `Judged ${items.length} image(s): ${count("FAKE")} AI-generated, ` +
-    `${count("REAL")} real` + (count("error") ? `, ${count("error")} could not be read.` : ".");
+    `${count("REAL")} real` + (count("UNSURE") ? `, ${count("UNSURE")} unsure` : "") +
+    (count("error") ? `, ${count("error")} could not be read.` : ".");
 }
 
 function setUp() {
