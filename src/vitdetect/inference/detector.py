@@ -53,7 +53,7 @@ class Prediction:
 
     Attributes:
         path: the file's path as given; `<bytes #i>` or `<image #i>` for raw bytes and PIL images.
-        label: "REAL" or "FAKE"; None when the image could not be judged.
+        label: "REAL", "FAKE", or "UNSURE" (see UnsureRule and reason); None when the image could not be judged.
         p_fake: P(FAKE), calibrated with the checkpoint's temperature; the image is FAKE when it is >= the threshold.
         confidence: the probability of the predicted label (p_fake for FAKE, 1 - p_fake for REAL).
         error: why the image could not be judged (unreadable, not an image, ...); None when it was.
