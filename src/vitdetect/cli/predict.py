@@ -45,6 +45,7 @@ def predict(
     explain: Path = described(PredictSettings, "explain", "--explain"),
     explain_method: ExplainMethod | None = described(PredictSettings, "explain_method", "--explain-method"),
     cpu: bool = described(PredictSettings, "cpu", "--cpu/--no-cpu"),
+    threads: int = described(PredictSettings, "threads", "--threads"),
     quiet: bool = described(PredictSettings, "quiet", "--quiet/--no-quiet", "-q"),
 ) -> None:
     """Judge images: REAL or FAKE with P(FAKE). Exit code 0: all judged, 1: some unreadable, 2: bad usage."""
@@ -77,7 +78,7 @@ def run(settings: PredictSettings, patterns: Sequence[str], reporter: Reporter |
     from vitdetect.inference.detector import Detector, default_checkpoint
     from vitdetect.inference.explain import check_method
     from vitdetect.models.builtin import announcement, is_builtin
-    from vitdetect.utils.distributed import make_accelerator
+    from vitdetect.utils.distributed import make_accelerator, use_threads
 
     found = find_images(patterns, settings.recursive)
     if settings.output:
@@ -91,14 +92,10 @@ def run(settings: PredictSettings, patterns: Sequence[str], reporter: Reporter |
     options = dict(threshold=settings.threshold, batch_size=settings.batch_size, accelerator=accelerator,
                    reporter=reporter)
     checkpoint = settings.checkpoint or default_checkpoint()
-    if settings.backend == Backend.onnx:
-        detector = Detector.from_onnx(checkpoint, cpu=settings.cpu, **options)
-    elif Path(checkpoint).suffix.lower() == ".onnx":
-        raise UsageError(f"{checkpoint} is an ONNX file: add --backend onnx to run it with ONNX Runtime")
-    else:
-        if is_builtin(checkpoint) and settings.checkpoint is None:
-            reporter.info(announcement())
-        detector = Detector.from_checkpoint(checkpoint, **options)
+    if is_builtin(checkpoint) and settings.checkpoint is None and settings.backend == Backend.torch:
+        reporter.info(announcement())
+    use_threads(settings.threads)
+    detector = Detector.load(checkpoint, settings.backend, settings.cpu, **options)
     if settings.explain:
         method = detector.explanation_method(settings.explain_method)
         check_method(method)  # the model's own method may need grad-cam or captum: fail before judging

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vitdetect.config.commands import Backend
 from vitdetect.config.labels import ID2LABEL
 from vitdetect.config.run_files import BEST_NAME, DEFAULT_RUN_DIR
 from vitdetect.data.dataset import decode_images
@@ -117,9 +118,20 @@ class Detector:
         return cls(TrainedModel.load(path), **options)
 
     @classmethod
-    def from_onnx(cls, path: str | Path, cpu: bool = False, **options) -> Detector:
-        """Load a file written by `vitdetect export --format onnx` into ONNX Runtime; options as for Detector()."""
-        return cls(OnnxModel.load(path, cpu=cpu), **options)
+    def from_onnx(cls, path: str | Path, cpu: bool = False, threads: int | None = None, **options) -> Detector:
+        """Load a file written by `vitdetect export --format onnx` (fp32 or int8) into ONNX Runtime; threads: its
+        intra-op threads (None: torch's count); options as for Detector()."""
+        return cls(OnnxModel.load(path, cpu=cpu, threads=threads), **options)
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, backend: str = Backend.torch, cpu: bool = False, **options) -> Detector:
+        """A checkpoint with PyTorch, or an exported file with ONNX Runtime (backend "onnx"): what predict and serve
+        open. An .onnx file given to the torch backend is refused with the flag that runs it."""
+        if backend == Backend.onnx:
+            return cls.from_onnx(checkpoint, cpu=cpu, **options)
+        if Path(checkpoint).suffix.lower() == ".onnx":
+            raise UsageError(f"{checkpoint} is an ONNX file: add --backend onnx to run it with ONNX Runtime")
+        return cls.from_checkpoint(checkpoint, **options)
 
     def predict(self, images: Iterable[ImageSource]) -> list[Prediction]:
         """One Prediction per image, in order; images that cannot be decoded get an error instead.
