@@ -193,19 +193,22 @@ class Detector:
 
     def _judge(self, names: list[str], images: torch.Tensor, kept: list[int], reasons: list[str],
                notes: list[str | None]):
-        scores = self._probabilities(images) if kept else []
+        scores = self.probabilities(images) if kept else []
         judged = dict(zip(kept, zip(scores, classify(scores, self.threshold), notes, strict=True), strict=True))
         failed = iter(reasons)  # failures come in input order, like kept
-        return [_verdict(name, *judged[index]) if index in judged else Prediction(name, error=next(failed))
+        return [verdict(name, *judged[index]) if index in judged else Prediction(name, error=next(failed))
                 for index, name in enumerate(names)]
 
-    def _probabilities(self, images: torch.Tensor) -> np.ndarray:
+    def probabilities(self, images: torch.Tensor) -> np.ndarray:
+        """P(FAKE) of Nx3xSxS uint8 images already decoded (S: trained.prep.storage_size), in order: the scoring
+        alone, with whichever backend this Detector runs."""
         if isinstance(self.trained, OnnxModel):
             return self.trained.fake_probabilities(images, self.batch_size)
         return fake_probabilities(self.trained, images, self.batch_size, self.accelerator)
 
 
-def _verdict(path: str, p_fake: float, fake: int, note: str | None) -> Prediction:
+def verdict(path: str, p_fake: float, fake: int, note: str | None) -> Prediction:
+    """The Prediction for one judged image (fake: 1 when P(FAKE) reached the threshold)."""
     p_fake = float(p_fake)
     return Prediction(path, ID2LABEL[int(fake)], p_fake, p_fake if fake else 1.0 - p_fake, note=note)
 
