@@ -88,7 +88,8 @@ def main() -> None:
         report_rates(rates)
         report_ceiling(detectors, rates, peaks)
         if args.profile:
-            report_profile(detectors, paths, args, threads[-1])
+            for count in threads:
+                report_profile(open_detectors(args, files, count), paths, args, count)
         if args.accuracy:
             report_accuracy(detectors, listed)
     print(f"load average at the end: {load()}")
@@ -151,7 +152,8 @@ def report_ceiling(detectors: dict[str, Detector], rates: dict, peaks: dict[int,
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         trained.model(pixel_values=torch.zeros(1, 3, side, side))
     flops = counter.get_total_flops()
-    print(f"\nceiling: {flops / 1e6:,.1f} MFLOP per image (multiply-add = 2; matmuls and convolutions)")
+    print(f"\nceiling: {flops / 1e6:,.1f} MFLOP per image (multiply-add = 2; matmuls and convolutions); int8 runs "
+          "the same FLOPs as integer multiply-adds, which AVX2 does at up to twice the fp32 rate")
     for count, peak in peaks.items():
         achieved = {name: flops * rates[count]["scoring"][name] / 1e9 for name in BACKENDS}
         print(f"  {count} thread(s): fp32 peak {peak:,.1f} GFLOP/s ({PEAK_SIDE}x{PEAK_SIDE} matmul); scoring "
@@ -243,8 +245,8 @@ def report_accuracy(detectors: dict[str, Detector], listed) -> None:
     reference = verdicts["PyTorch fp32"]
     for name, called in verdicts.items():
         accuracy = (called == labels).mean()
-        print(f"  {name:>12}: accuracy {accuracy:.4f} ({accuracy - (reference == labels).mean():+.4f} vs PyTorch "
-              f"fp32), verdict agreement with PyTorch fp32 {(called == reference).mean():.2%} "
+        print(f"  {name:>12}: accuracy {accuracy:.4%} ({100 * (accuracy - (reference == labels).mean()):+.2f} "
+              f"points vs PyTorch fp32), verdict agreement with PyTorch fp32 {(called == reference).mean():.2%} "
               f"({int((called != reference).sum())} differ)")
 
 
