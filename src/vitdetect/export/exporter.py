@@ -48,6 +48,8 @@ def export(settings: ExportSettings) -> ExportResult:
     if settings.format == ExportFormat.onnx:
         require("onnx", "onnxscript", "onnxruntime")
     trained = TrainedModel.load(settings.checkpoint)
+    if settings.quantize == Quantization.int8:
+        settings = settings.model_copy(update={"calibration_data": calibration_dir(settings, trained)})
     temperature = trained.temperature
     model = fold_temperature(trained.model, temperature)
     if settings.format == ExportFormat.onnx:
@@ -129,7 +131,7 @@ def quantized(fp32: bytes, metadata: dict[str, str], trained: TrainedModel,
 
     from vitdetect.export.quantize import calibration_pixels, quantize_int8
 
-    data_dir = calibration_dir(settings, trained)
+    data_dir = settings.calibration_data
     pixels = calibration_pixels(data_dir, settings.calibration_images, trained.prep)
     result = quantize_int8(fp32, pixels)
     data = finished(onnx.load_from_string(result.data), {
@@ -145,8 +147,12 @@ def quantized(fp32: bytes, metadata: dict[str, str], trained: TrainedModel,
 
 
 def calibration_dir(settings: ExportSettings, trained: TrainedModel) -> Path:
-    """--calibration-data, else the data_dir the checkpoint was trained on; one line when neither is there."""
+    """--calibration-data, else the data_dir the checkpoint was trained on; one line, before any work, when neither
+    is there."""
     if settings.calibration_data is not None:
+        if not settings.calibration_data.is_dir():
+            raise UsageError(f"--calibration-data {settings.calibration_data} not found (a CIFAKE root holding "
+                             "train/REAL and train/FAKE)")
         return settings.calibration_data
     trained_on = (trained.checkpoint.get("settings") or {}).get("data_dir")
     if trained_on is None or not Path(trained_on).is_dir():
