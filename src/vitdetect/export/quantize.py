@@ -5,8 +5,8 @@ fuses the QuantizeLinear/DequantizeLinear pairs into integer kernels (QLinearMat
 QLinearSoftmax), which is where the speed is. Dynamic quantization (ranges measured per batch at run time, weighted
 MatMuls only) ran no faster than PyTorch fp32 on the built-in detector, so it is only the fallback for weighted ops
 the static quantizer has no rule for. Every op is handed to the quantizer: keeping the attention products (Q·K^T,
-softmax·V) or the softmax out changed neither accuracy nor agreement measurably on 4,000 official test images, and
-cost speed. ORT has no integer kernel for LayerNormalization, Gelu, Div or ReduceMean: it runs those in fp32 between
+softmax·V) and the softmax in fp32 changed neither accuracy nor agreement beyond noise on 4,000 official test
+images. ORT has no integer kernel for LayerNormalization, Gelu, Div or ReduceMean: it runs those in fp32 between
 a dequantize and a quantize, and the file's metadata names them (fp32_op_types).
 """
 
