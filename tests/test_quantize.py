@@ -130,3 +130,16 @@ def test_a_missing_runtime_refuses_quantization(quantized, tmp_path, capsys, mon
                                "--quantize", "int8", "--calibration-data", data), 1)
     assert "onnxruntime not installed" in line and "vitdetect[onnx]" in line
 
+
+
+def test_dynamic_fallback_takes_only_weighted_ops_static_cannot():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from vitdetect.export.quantize import dynamic_only
+
+    weight = numpy_helper.from_array(np.zeros((1, 8, 4), np.float32), "W")
+    nodes = [helper.make_node("LSTM", ["x", "W", "R"], ["y"], name="lstm", hidden_size=2),
+             helper.make_node("MatMul", ["x", "W"], ["z"], name="matmul")]  # static quantization takes MatMul
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], [weight])
+    assert dynamic_only(graph) == ["lstm"]
