@@ -27,6 +27,7 @@ def evaluate(
     robustness_images: int = described(EvaluateSettings, "robustness_images", "--robustness-images"),
     seed: int = described(EvaluateSettings, "seed", "--seed"),
     cpu: bool = described(EvaluateSettings, "cpu", "--cpu/--no-cpu"),
+    threads: int = described(EvaluateSettings, "threads", "--threads"),
     cache_dir: Path = described(EvaluateSettings, "cache_dir", "--cache-dir"),
     quiet: bool = described(EvaluateSettings, "quiet", "--quiet/--no-quiet", "-q"),
     report_to: str = described(EvaluateSettings, "report_to", "--report-to", metavar="NAME[,NAME]"),

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from vitdetect.cli.support import described, user_errors
-from vitdetect.config.commands import ExportFormat, ExportSettings
+from vitdetect.config.commands import ExportFormat, ExportSettings, Quantization
 from vitdetect.config.settings import build_settings
 
 
@@ -18,8 +18,12 @@ def export(
     output: Path = typer.Option(..., "--output", "-o", show_default=False,
                                 help=ExportSettings.model_fields["output"].description),
     overwrite: bool = described(ExportSettings, "overwrite", "--overwrite/--no-overwrite"),
+    quantize: Quantization = described(ExportSettings, "quantize", "--quantize"),
+    calibration_data: Path = described(ExportSettings, "calibration_data", "--calibration-data"),
+    calibration_images: int = described(ExportSettings, "calibration_images", "--calibration-images"),
 ) -> None:
-    """Export a checkpoint: ONNX (for ONNX Runtime and friends) or a Hugging Face folder with a model card."""
+    """Export a checkpoint: ONNX (for ONNX Runtime and friends; --quantize int8 for speed on CPUs) or a Hugging Face
+    folder with a model card."""
     settings = build_settings(ExportSettings, None, **locals())
     from vitdetect.export.exporter import export as run_export
 

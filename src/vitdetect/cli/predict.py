@@ -47,6 +47,7 @@ def predict(
     explain: Path = described(PredictSettings, "explain", "--explain"),
     explain_method: ExplainMethod | None = described(PredictSettings, "explain_method", "--explain-method"),
     cpu: bool = described(PredictSettings, "cpu", "--cpu/--no-cpu"),
+    threads: int = described(PredictSettings, "threads", "--threads"),
     quiet: bool = described(PredictSettings, "quiet", "--quiet/--no-quiet", "-q"),
 ) -> None:
     """Judge images: REAL or FAKE with P(FAKE) (or UNSURE, with --min-confidence or --check-stability). Exit code 0:
@@ -80,7 +81,7 @@ def run(settings: PredictSettings, patterns: Sequence[str], reporter: Reporter |
     from vitdetect.inference.detector import Detector, default_checkpoint
     from vitdetect.inference.explain import check_method
     from vitdetect.models.builtin import announcement, is_builtin
-    from vitdetect.utils.distributed import make_accelerator
+    from vitdetect.utils.distributed import make_accelerator, use_threads
 
     found = find_images(patterns, settings.recursive)
     if settings.output:
@@ -94,14 +95,10 @@ def run(settings: PredictSettings, patterns: Sequence[str], reporter: Reporter |
     options = dict(threshold=settings.threshold, batch_size=settings.batch_size, accelerator=accelerator,
                    reporter=reporter, min_confidence=settings.min_confidence, check_stability=settings.check_stability)
     checkpoint = settings.checkpoint or default_checkpoint()
-    if settings.backend == Backend.onnx:
-        detector = Detector.from_onnx(checkpoint, cpu=settings.cpu, **options)
-    elif Path(checkpoint).suffix.lower() == ".onnx":
-        raise UsageError(f"{checkpoint} is an ONNX file: add --backend onnx to run it with ONNX Runtime")
-    else:
-        if is_builtin(checkpoint) and settings.checkpoint is None:
-            reporter.info(announcement())
-        detector = Detector.from_checkpoint(checkpoint, **options)
+    if is_builtin(checkpoint) and settings.checkpoint is None and settings.backend == Backend.torch:
+        reporter.info(announcement())
+    use_threads(settings.threads)
+    detector = Detector.load(checkpoint, settings.backend, settings.cpu, **options)
     if settings.explain:
         method = detector.explanation_method(settings.explain_method)
         check_method(method)  # the model's own method may need grad-cam or captum: fail before judging

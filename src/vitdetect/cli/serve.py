@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from vitdetect.cli.support import described, user_errors
-from vitdetect.config.commands import ServeSettings
+from vitdetect.config.commands import Backend, ServeSettings
 from vitdetect.config.settings import build_settings
 from vitdetect.errors import VitdetectError
 
@@ -22,7 +22,9 @@ def serve(
     max_wait_ms: float = described(ServeSettings, "max_wait_ms", "--max-wait-ms"),
     max_upload_mb: float = described(ServeSettings, "max_upload_mb", "--max-upload-mb"),
     max_files: int = described(ServeSettings, "max_files", "--max-files"),
+    backend: Backend = described(ServeSettings, "backend", "--backend"),
     cpu: bool = described(ServeSettings, "cpu", "--cpu/--no-cpu"),
+    threads: int = described(ServeSettings, "threads", "--threads"),
     quiet: bool = described(ServeSettings, "quiet", "--quiet/--no-quiet", "-q"),
 ) -> None:
     """Serve an HTTP API (POST /v1/predict, GET /v1/model, /healthz) and a web page for judging images."""

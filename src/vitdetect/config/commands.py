@@ -38,6 +38,13 @@ EXPLAIN_METHOD_HELP = ("rollout: attention rollout over all blocks (where the [C
                        "model without [CLS] token (pvt-v2-32).")
 
 
+THREADS_FIELD = Field(
+    None, ge=1, le=1024, description="CPU threads inside each operation, for PyTorch and ONNX Runtime alike "
+    "(torch.set_num_threads, ORT's intra_op_num_threads); unset: PyTorch's default, one per physical core "
+    "(OMP_NUM_THREADS when set), the fastest in benchmarks/bench_inference.py.",
+)
+
+
 class _FigureSettings(_Settings):
     format: FigureFormat = Field(FigureFormat.png, description="File format of the figures.")
 
@@ -93,6 +100,7 @@ class EvaluateSettings(_FigureSettings, _TrackingSettings):
     )
     seed: int = Field(42, ge=0, le=MAX_SEED, description="With --robustness: seed of the sample and the noise.")
     cpu: bool = Field(False, description="Run on the CPU even when a GPU is available.")
+    threads: int | None = THREADS_FIELD
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Decoded-image cache.")
     quiet: bool = Field(False, description="Print only errors and the final summary.")
 
@@ -171,6 +179,7 @@ class PredictSettings(_Settings):
     )
     explain_method: ExplainMethod | None = Field(None, description=EXPLAIN_METHOD_HELP)
     cpu: bool = Field(False, description="Run on the CPU even when a GPU is available.")
+    threads: int | None = THREADS_FIELD
     quiet: bool = Field(False, description="No progress bar and summary on stderr; only the results.")
 
 
@@ -198,6 +207,11 @@ class ExportFormat(str, Enum):
     hf = "hf"
 
 
+class Quantization(str, Enum):
+    none = "none"
+    int8 = "int8"
+
+
 class ExportSettings(_Settings):
     """`vitdetect export`: a checkpoint as an ONNX file or a Hugging Face model folder with a model card."""
 
@@ -211,6 +225,28 @@ class ExportSettings(_Settings):
     )
     output: Path = Field(description="The .onnx file, or the folder for --format hf.")
     overwrite: bool = Field(False, description="Replace --output when it already exists.")
+    quantize: Quantization = Field(
+        Quantization.none, description="int8: static int8 quantization with ONNX Runtime (--format onnx only), "
+        "calibrated on --calibration-images images of the training split; the attention products stay fp32. "
+        "none: float32.",
+    )
+    calibration_data: Path | None = Field(
+        None, description="With --quantize int8: CIFAKE root whose train/{REAL,FAKE} calibrates the activation "
+        "ranges; unset: the data_dir the checkpoint was trained on.",
+    )
+    calibration_images: int = Field(512, ge=1, le=100_000, description="With --quantize int8: images in the "
+                                     "seeded, class-balanced calibration sample.")
+
+    @model_validator(mode="after")
+    def _quantization_needs_onnx(self) -> ExportSettings:
+        given = sorted({"calibration_data", "calibration_images"} & self.model_fields_set)
+        if self.quantize == Quantization.none and given:
+            names = " and ".join("--" + name.replace("_", "-") for name in given)
+            raise UsageError(f"{names}: only used with --quantize int8")
+        if self.quantize != Quantization.none and self.format != ExportFormat.onnx:
+            raise UsageError(f"--quantize {self.quantize} needs --format onnx: the int8 kernels are ONNX "
+                             f"Runtime's, a --format {self.format} folder holds float32 weights")
+        return self
 
 
 class ServeSettings(_Settings):
@@ -228,7 +264,9 @@ class ServeSettings(_Settings):
     max_upload_mb: float = Field(20.0, gt=0, le=4096,
                                  description="Largest request body accepted, in MB (larger: HTTP 413).")
     max_files: int = Field(64, ge=1, le=10_000, description="Most images in one request (more: HTTP 413).")
+    backend: Backend = PredictSettings.model_fields["backend"]
     cpu: bool = PredictSettings.model_fields["cpu"]
+    threads: int | None = PredictSettings.model_fields["threads"]
     quiet: bool = Field(False, description="No access log: only warnings and errors from the server.")
 
 

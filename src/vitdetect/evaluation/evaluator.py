@@ -29,7 +29,7 @@ from vitdetect.models.builtin import refuse_builtin, results_dir_for
 from vitdetect.models.checkpoint import save_checkpoint
 from vitdetect.reports.metrics import detector_metrics, predictions_csv, probability_metrics, threshold_at_fpr
 from vitdetect.utils.atomic import atomic_write_text
-from vitdetect.utils.distributed import make_accelerator
+from vitdetect.utils.distributed import make_accelerator, use_threads
 from vitdetect.utils.locking import output_lock
 from vitdetect.utils.progress import Reporter
 
@@ -74,6 +74,7 @@ def evaluate(settings: EvaluateSettings, reporter: Reporter | None = None) -> Ev
         refuse_builtin(settings.checkpoint, "store a threshold in")
     output_dir = settings.output_dir or results_dir_for(settings.checkpoint)
     settings = tracking.with_run_name(settings, output_dir, settings.split)
+    use_threads(settings.threads)
     accelerator = make_accelerator(settings.cpu, **tracking.accelerator_options(settings, output_dir))
     trained = TrainedModel.load(settings.checkpoint)  # a bad checkpoint fails before any folder is touched
     if settings.explain_errors:

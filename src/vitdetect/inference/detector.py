@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vitdetect.config.commands import Backend
 from vitdetect.config.labels import ID2LABEL, UNSURE
 from vitdetect.config.run_files import BEST_NAME, DEFAULT_RUN_DIR
 from vitdetect.data.dataset import decode_images
@@ -156,9 +157,20 @@ class Detector:
         return cls(TrainedModel.load(path), **options)
 
     @classmethod
-    def from_onnx(cls, path: str | Path, cpu: bool = False, **options) -> Detector:
-        """Load a file written by `vitdetect export --format onnx` into ONNX Runtime; options as for Detector()."""
-        return cls(OnnxModel.load(path, cpu=cpu), **options)
+    def from_onnx(cls, path: str | Path, cpu: bool = False, threads: int | None = None, **options) -> Detector:
+        """Load a file written by `vitdetect export --format onnx` (fp32 or int8) into ONNX Runtime; threads: its
+        intra-op threads (None: torch's count); options as for Detector()."""
+        return cls(OnnxModel.load(path, cpu=cpu, threads=threads), **options)
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, backend: str = Backend.torch, cpu: bool = False, **options) -> Detector:
+        """A checkpoint with PyTorch, or an exported file with ONNX Runtime (backend "onnx"): what predict and serve
+        open. An .onnx file given to the torch backend is refused with the flag that runs it."""
+        if backend == Backend.onnx:
+            return cls.from_onnx(checkpoint, cpu=cpu, **options)
+        if Path(checkpoint).suffix.lower() == ".onnx":
+            raise UsageError(f"{checkpoint} is an ONNX file: add --backend onnx to run it with ONNX Runtime")
+        return cls.from_checkpoint(checkpoint, **options)
 
     def predict(self, images: Iterable[ImageSource], unsure: UnsureRule | None = None) -> list[Prediction]:
         """One Prediction per image, in order; images that cannot be decoded get an error instead.
@@ -222,8 +234,8 @@ class Detector:
 
     def _judge(self, names: list[str], images: torch.Tensor, kept: list[int], reasons: list[str],
                notes: list[str | None], unsure: UnsureRule):
-        scores = self._probabilities(images) if kept else np.empty(0)
-        edited = ({edit: self._probabilities(edit(images, seed=0)) for edit in STABILITY_EDITS}
+        scores = self.probabilities(images) if kept else np.empty(0)
+        edited = ({edit: self.probabilities(edit(images, seed=0)) for edit in STABILITY_EDITS}
                   if unsure.check_stability and kept else {})
         verdicts = decide(scores, edited, self.threshold, unsure)
         judged = {index: Prediction(names[index], verdict.label, float(p_fake), verdict.confidence, note=note,
@@ -232,7 +244,9 @@ class Detector:
         failed = iter(reasons)  # failures come in input order, like kept
         return [judged.get(index) or Prediction(name, error=next(failed)) for index, name in enumerate(names)]
 
-    def _probabilities(self, images: torch.Tensor) -> np.ndarray:
+    def probabilities(self, images: torch.Tensor) -> np.ndarray:
+        """P(FAKE) of Nx3xSxS uint8 images already decoded (S: trained.prep.storage_size), in order: the scoring
+        alone, with whichever backend this Detector runs."""
         if isinstance(self.trained, OnnxModel):
             return self.trained.fake_probabilities(images, self.batch_size)
         return fake_probabilities(self.trained, images, self.batch_size, self.accelerator)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,8 @@ USAGE = (
     "(temperature_folded): do not divide the logits by it again."
 )
 REQUIRED_KEYS = ("image_size", "storage_size", "mean", "std", "id2label", "threshold", "temperature")
+NOT_QUANTIZED = {"quantization": "none"}
+QUANTIZATION_KEYS = ("quantization", "calibration_data", "calibration_images", "fp32_op_types")
 
 
 def require(*modules: str) -> None:
@@ -52,8 +55,10 @@ def require(*modules: str) -> None:
 
 
 def onnx_metadata(prep: Preprocessing, id2label: dict[int, str], threshold: float, temperature: float,
-                  source: str) -> dict[str, str]:
-    """The metadata_props of an exported file: strings, JSON for lists and maps."""
+                  source: str, details: dict[str, str] = NOT_QUANTIZED) -> dict[str, str]:
+    """The metadata_props of an exported file: strings, JSON for lists and maps. details: what the model is
+    (model, parameters) and how it was quantized (quantization; for int8 the calibration source and image count and
+    the op types left in fp32)."""
     return {
         "vitdetect_metadata_version": METADATA_VERSION,
         "image_size": str(prep.image_size),
@@ -68,6 +73,7 @@ def onnx_metadata(prep: Preprocessing, id2label: dict[int, str], threshold: floa
         "temperature_folded": "true",
         "usage": USAGE,
         "source_checkpoint": source,
+        **details,
     }
 
 
@@ -83,17 +89,18 @@ class OnnxModel:
     metadata: dict[str, str]
 
     @classmethod
-    def load(cls, source: str | Path | bytes, cpu: bool = False) -> OnnxModel:
-        """A file written by `vitdetect export --format onnx` (or its bytes)."""
+    def load(cls, source: str | Path | bytes, cpu: bool = False, threads: int | None = None) -> OnnxModel:
+        """A file written by `vitdetect export --format onnx` (or its bytes), fp32 or int8.
+
+        threads: ORT's intra-op threads; None: torch's count (OMP_NUM_THREADS and --threads set both backends).
+        """
         require("onnxruntime")
         import onnxruntime as ort
 
         name = "the exported model" if isinstance(source, bytes) else str(source)
         if not isinstance(source, bytes) and not Path(source).is_file():
             raise UsageError(f"ONNX file not found: {source} (write one with `vitdetect export --format onnx`)")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()  # OMP_NUM_THREADS applies to both backends
-        options.log_severity_level = 3  # errors only: ORT's warnings are not the user's business
+        options = session_options(ort, threads)
         try:
             session = ort.InferenceSession(source if isinstance(source, bytes) else str(source), options,
                                            providers=_providers(ort, cpu))
@@ -112,8 +119,36 @@ class OnnxModel:
         probabilities = np.empty(len(images), dtype=np.float64)
         for start in range(0, len(images), batch_size):
             pixels = to_model_input(images[start:start + batch_size], self.prep).numpy()
-            probabilities[start:start + len(pixels)] = fake_probability(self.logits(pixels), 1.0, self.fake_index)
+            probabilities[start:start + len(pixels)] = self.probabilities_of(pixels)
         return probabilities
+
+    def probabilities_of(self, pixels: np.ndarray) -> np.ndarray:
+        """P(FAKE) for a batch already preprocessed (float32 model input)."""
+        return fake_probability(self.logits(pixels), 1.0, self.fake_index)
+
+
+def session_options(ort, threads: int | None = None, level: str = "ORT_ENABLE_ALL"):
+    """ORT's options, stated rather than left to its defaults: every graph optimization (the QDQ fusions into
+    integer kernels included), the intra-op thread count, errors only in the log (ORT's warnings are not the
+    user's business)."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.log_severity_level = 3
+    return options
+
+
+def runtime_graph(data: bytes):
+    """The graph ORT runs for a file on the CPU, after its fusions (extended level: the QDQ pairs become integer
+    kernels; the hardware-specific layout passes of the 'all' level are left out, so the answer is portable)."""
+    import onnx
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="vitdetect-ort-") as scratch:
+        options = session_options(ort, 1, "ORT_ENABLE_EXTENDED")
+        options.optimized_model_filepath = str(Path(scratch) / "optimized.onnx")
+        ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        return onnx.load(options.optimized_model_filepath).graph
 
 
 def _providers(ort, cpu: bool) -> list[str]:

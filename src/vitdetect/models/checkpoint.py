@@ -32,6 +32,14 @@ MODEL_KEYS = frozenset({"model_config", "state_dict", "preprocessing"})
 RESUME_KEYS = MODEL_KEYS | {"settings", "optimizer", "scheduler", "rng", "train_state", "history"}
 
 
+def model_name(payload: dict[str, Any]) -> str:
+    """What a checkpoint was trained from (the --model preset or hub id), for `serve`'s /v1/model and an export's
+    metadata; the architecture's type when the checkpoint does not say."""
+    config = payload.get("model_config") or {}
+    return (payload.get("settings") or {}).get("model") or config.get("_name_or_path") or config.get("model_type") \
+        or "ViT"
+
+
 def model_payload(
     model: torch.nn.Module, settings: dict[str, Any], prep: Preprocessing, epoch: int, metrics: dict[str, Any]
 ) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,6 +23,9 @@ from vitdetect import __version__
 from vitdetect.config.commands import ServeSettings
 from vitdetect.config.labels import ID2LABEL, POSITIVE_CLASS
 from vitdetect.inference.detector import Detector, Prediction, UnsureRule
+from vitdetect.inference.onnx import QUANTIZATION_KEYS, OnnxModel
+from vitdetect.inference.scoring import TrainedModel
+from vitdetect.models.checkpoint import model_name
 from vitdetect.serve.batching import BatchingQueue
 from vitdetect.serve.heatmaps import heatmap_png
 from vitdetect.serve.schemas import ErrorResponse, Health, ImageResult, Limits, ModelInfo, PredictResponse
@@ -83,17 +87,26 @@ def create_app(detector: Detector, settings: ServeSettings) -> FastAPI:
 
 def model_info(detector: Detector, settings: ServeSettings) -> ModelInfo:
     trained = detector.trained
-    payload = trained.checkpoint
-    name = (payload.get("settings") or {}).get("model") or payload["model_config"].get("_name_or_path") or "ViT"
     return ModelInfo(
-        name=name, checkpoint=Path(settings.checkpoint).name, epoch=payload.get("epoch"),
-        parameters=sum(parameter.numel() for parameter in trained.model.parameters()),
+        **described(trained), checkpoint=Path(settings.checkpoint).name,
         threshold=detector.threshold, temperature=trained.temperature,
         labels=dict(ID2LABEL), positive_class=POSITIVE_CLASS, preprocessing=trained.prep.to_dict(),
-        metrics=payload.get("metrics") or {}, explanations=detector.explanations_unavailable() is None,
+        explanations=detector.explanations_unavailable() is None,
         limits=Limits(max_files=settings.max_files, max_upload_mb=settings.max_upload_mb,
                       max_batch=settings.max_batch),
     )
+
+
+def described(trained: TrainedModel | OnnxModel) -> dict[str, Any]:
+    """Name, epoch, parameters and metrics: from the checkpoint, or from an exported file's metadata (which keeps
+    the model and its size, and for an int8 file how it was quantized, in place of the training metrics)."""
+    if isinstance(trained, OnnxModel):
+        meta = trained.metadata
+        return {"name": meta.get("model") or "ONNX", "epoch": None, "parameters": int(meta.get("parameters", 0)),
+                "metrics": {key: meta[key] for key in QUANTIZATION_KEYS if key in meta}}
+    payload = trained.checkpoint
+    return {"name": model_name(payload), "epoch": payload.get("epoch"), "metrics": payload.get("metrics") or {},
+            "parameters": sum(parameter.numel() for parameter in trained.model.parameters())}
 
 
 def read_static_files() -> dict[str, bytes]:

@@ -12,7 +12,7 @@ from vitdetect.config.commands import ServeSettings
 from vitdetect.errors import VitdetectError
 from vitdetect.inference.detector import Detector, default_checkpoint
 from vitdetect.serve.app import create_app
-from vitdetect.utils.distributed import make_accelerator
+from vitdetect.utils.distributed import make_accelerator, use_threads
 
 ANNOUNCE_PREFIX = "vitdetect serve: listening on "
 
@@ -21,8 +21,9 @@ def serve(settings: ServeSettings, announce: Callable[[str], None]) -> None:
     """Serve until Ctrl-C or SIGTERM (a clean stop: requests in flight are answered first)."""
     listener = listen(settings.host, settings.port)  # a busy port fails at once, before the model loads
     settings = settings.model_copy(update={"checkpoint": Path(str(settings.checkpoint or default_checkpoint()))})
-    detector = Detector.from_checkpoint(settings.checkpoint, threshold=settings.threshold,
-                                        batch_size=settings.max_batch, accelerator=make_accelerator(cpu=settings.cpu))
+    use_threads(settings.threads)
+    detector = Detector.load(settings.checkpoint, settings.backend, settings.cpu, threshold=settings.threshold,
+                             batch_size=settings.max_batch, accelerator=make_accelerator(cpu=settings.cpu))
     app = create_app(detector, settings)
     config = uvicorn.Config(app, log_level="warning" if settings.quiet else "info", access_log=not settings.quiet,
                             server_header=False)

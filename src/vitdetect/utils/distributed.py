@@ -32,6 +32,13 @@ def has_device_backend() -> bool:
     return accelerators.current_accelerator().type != "mps"  # MPS has no multi-process backend
 
 
+def use_threads(threads: int | None) -> None:
+    """--threads: PyTorch's intra-op threads; ONNX Runtime sessions made afterwards take torch's count, so one
+    setting governs both backends. None leaves PyTorch's default (one per physical core, or OMP_NUM_THREADS)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
 def make_accelerator(cpu: bool = False, mixed_precision: str = "auto", **kwargs: Any):
     """An Accelerator; mixed_precision "auto" is bf16 (or fp16) on a GPU and fp32 on the CPU.
 
