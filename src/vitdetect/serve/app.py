@@ -30,10 +30,10 @@ log = logging.getLogger("vitdetect.serve")
 STATIC_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; base-uri 'none'",
                 "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
-BINARY = {"schema": {"type": "string", "format": "binary"}}
+BINARY = {"schema": {"type": "string", "format": "binary", "minLength": 1}}
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {"files": {
-        "type": "array", "items": {"type": "string", "format": "binary"},
+        "type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1,
         "description": "One or more image files (JPEG, PNG, WebP, BMP, GIF); repeat the field per file."}}}},
     "image/*": BINARY, "application/octet-stream": BINARY}}}
 ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in (
@@ -101,7 +101,7 @@ def add_routes(app: FastAPI) -> None:
             False, description="Add a heatmap of where the model looked to each result (heatmap_png)")):
         service: Service = request.app.state.service
         if explain and (reason := service.detector.explanations_unavailable()):
-            raise ApiError(400, f"this server gives no explanations: {reason}")
+            raise ApiError(501, f"this server gives no explanations: {reason}")
         uploads = await read_uploads(request, service.limits)
         predictions = await service.queue.submit([upload.data for upload in uploads])
         heatmaps = await explain_readable(service, service.detector.explain, uploads, predictions) if explain else {}
