@@ -8,14 +8,18 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import ExifTags, Image, ImageFile
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 
 # Truncated files must fail, not decode half-grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-# warnings.catch_warnings swaps process-wide state: decoding threads take turns while opening.
+# warnings.catch_warnings swaps process-wide state: decoding threads take turns while opening and reading EXIF.
 _OPEN_LOCK = threading.Lock()
+# EXIF orientation -> the transposition that displays the image upright (as ImageOps.exif_transpose).
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
 
 
 class ImageDecodeError(Exception):
@@ -42,16 +46,28 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def open_image(source: str | Path | bytes) -> Image.Image:
-    """Image.open (header only) with Pillow's decompression-bomb warning raised as an error."""
+    """Image.open (header only) with Pillow's decompression-bomb warning raised as an error, and its other warnings
+    silenced: a file opens or fails with one error, never with extra lines of Pillow's."""
     with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+
+
+def _orientation(image: Image.Image) -> object:
+    """The EXIF orientation tag (1: upright), read after load (a PNG's eXIf chunk may follow its pixels). Pillow warns
+    about each damaged tag it skips ("Corrupt EXIF data", two lines on stderr per file): silenced, as the image
+    itself decodes."""
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return image.getexif().get(ExifTags.Base.Orientation, 1)
 
 
 def _first_frame_rgb(image: Image.Image) -> Image.Image:
     image.seek(0)
     image.load()
-    return _to_rgb(ImageOps.exif_transpose(image) or image)
+    upright = _UPRIGHT.get(_orientation(image))
+    return _to_rgb(image.transpose(upright) if upright is not None else image)
 
 
 def decode_rgb(source: str | Path | bytes | Image.Image, size: int | None = None) -> np.ndarray:
