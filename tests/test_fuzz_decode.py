@@ -35,8 +35,9 @@ from vitdetect.data.decode import ImageDecodeError, decode_rgb
 pytestmark = pytest.mark.usefixtures("single_thread")
 DECODE_SECONDS = 10.0  # one 32x32 file decodes in about a millisecond; 10 s is a hang even on a starved machine
 # Pillow refuses images over its decompression-bomb limit (~89.5M pixels) before decoding; under it, a header may
-# still claim that many pixels: 4 bytes each, decoded then converted: about 0.7 GB at most.
-DECODE_MEGABYTES = 1024
+# still claim that many pixels, and converting them to RGB takes several full-size copies (RGBA composited on
+# white, 16-bit scaled): about 2 GB at the limit. A tiny file may make the decoder allocate that much, no more.
+DECODE_MEGABYTES = 2048
 ABSURD = [0, 1, 255, 8_000, 65_535, 100_000, 2**31 - 1, 2**32 - 1]
 EXTENSIONS = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "gif": ".gif", "bmp": ".bmp", "png16": ".png",
               "cmyk": ".jpg", "exif": ".jpg"}
@@ -181,6 +182,18 @@ def test_every_exif_orientation_is_applied_as_pillows_exif_transpose_does(orient
     data = encoded(make_image(1, np.random.default_rng(4)).crop((0, 0, 32, 20)), "PNG", exif=exif)
     expected = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("RGB")
     assert np.array_equal(bounded_decode(data, None), np.asarray(expected))
+
+
+def test_an_opaque_palette_image_claiming_8000x8000_pixels_takes_no_rgba_copies():
+    """Found by the fuzzer: a 3 KB GIF whose header claims 8000x8000 pixels made the decoder allocate 1.3 GB (its
+    opaque palette went through full-size RGBA copies for alpha compositing); now 0.3 GB, the same pixels. Counted
+    in Pillow's own allocator (blocks of 16 MB): exact, unlike the process's RSS."""
+    data = bytearray(SEEDS["gif"])
+    struct.pack_into("<HH", data, 6, 8000, 8000)  # the logical screen; the frame itself stays 32x32
+    Image.core.reset_stats()
+    assert decode_rgb(bytes(data)).shape == (8000, 8000, 3)
+    allocated_mb = Image.core.get_stats()["allocated_blocks"] * Image.core.get_block_size() / 2**20
+    assert allocated_mb <= 8000 * 8000 * (1 + 4) / 2**20 + 16  # the palette image, its RGB copy (4 bytes a pixel)
 
 
 @fuzz_settings(examples=2000)

@@ -36,8 +36,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         array = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
         image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-    if image.mode == "P":
-        image = image.convert("RGBA")
+    if image.mode == "P" and ("transparency" in image.info or image.palette.mode == "RGBA"):
+        image = image.convert("RGBA")  # an opaque palette goes straight to RGB: same pixels, no full-size RGBA copies
     if image.mode in {"RGBA", "LA", "PA"}:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
