@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -48,25 +50,27 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 def open_image(source: str | Path | bytes) -> Image.Image:
     """Image.open (header only) with Pillow's decompression-bomb warning raised as an error, and its other warnings
     silenced: a file opens or fails with one error, never with extra lines of Pillow's."""
-    with _OPEN_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _pillow_quiet():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
 
 
-def _orientation(image: Image.Image) -> object:
-    """The EXIF orientation tag (1: upright), read after load (a PNG's eXIf chunk may follow its pixels). Pillow warns
-    about each damaged tag it skips ("Corrupt EXIF data", two lines on stderr per file): silenced, as the image
-    itself decodes."""
+@contextmanager
+def _pillow_quiet() -> Iterator[None]:
+    """Pillow's warnings silenced, for the steps that parse headers and metadata (open, seek, EXIF): it warns about
+    each damaged tag it skips ("Corrupt EXIF data", two lines on stderr per file), while the image itself decodes
+    or fails with one ImageDecodeError. Under the lock: warning filters are process-wide."""
     with _OPEN_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return image.getexif().get(ExifTags.Base.Orientation, 1)
+        yield
 
 
 def _first_frame_rgb(image: Image.Image) -> Image.Image:
-    image.seek(0)
+    with _pillow_quiet():
+        image.seek(0)  # a TIFF re-reads its tags
     image.load()
-    upright = _UPRIGHT.get(_orientation(image))
+    with _pillow_quiet():  # after load: a PNG's eXIf chunk may follow its pixels
+        upright = _UPRIGHT.get(image.getexif().get(ExifTags.Base.Orientation, 1))
     return _to_rgb(image.transpose(upright) if upright is not None else image)
 
 
