@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -35,6 +37,7 @@ CONFIG = """
 [checks.positive_data_acceptance]
 expected-statuses = ["2xx", "422"]
 """
+READ_TIMEOUT_S = 2
 ACCESS_LOG = re.compile(r'"([A-Z]+) (\S+) HTTP/1\.1" (\d{3})')
 
 
@@ -48,7 +51,8 @@ def served(checkpoint, tmp_path_factory):
     """A real server with its access log on (the log counts the requests Schemathesis sent)."""
     log = tmp_path_factory.mktemp("fuzz-api-log") / "server.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # a micro model on a shared machine: no OpenMP spin-waits
-    with server_process(["--checkpoint", str(checkpoint), "--cpu"], log, env) as server:
+    args = ["--checkpoint", str(checkpoint), "--cpu", "--read-timeout", str(READ_TIMEOUT_S)]
+    with server_process(args, log, env) as server:
         yield server.url, log
 
 
@@ -114,3 +118,21 @@ def test_explain_without_explanations_is_the_documented_501(checkpoint):
         documented = client.get("/openapi.json").json()["paths"]["/v1/predict"]["post"]["responses"]
     assert response.status_code == 501 and "501" in documented
     assert response.json() == {"error": "this server gives no explanations: explanations need the PyTorch checkpoint"}
+
+
+def test_a_client_trickling_its_body_gets_408_when_the_read_timeout_passes(served):
+    """uvicorn has no body read timeout: a client sending a byte now and then held its request forever."""
+    host, port = served[0].removeprefix("http://").rstrip("/").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as client:
+        client.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                       b"Content-Length: 1000\r\n\r\n")
+        started, answer = time.monotonic(), b""
+        while not answer.endswith(b"}") and time.monotonic() - started < 20:  # until the JSON error has come
+            client.sendall(b"\xff")
+            client.settimeout(0.3)
+            try:
+                answer += client.recv(65536)
+            except TimeoutError:
+                continue
+    assert answer.startswith(b"HTTP/1.1 408 ") and READ_TIMEOUT_S <= time.monotonic() - started < READ_TIMEOUT_S + 10
+    assert b"request body not received within 2 s" in answer

@@ -22,6 +22,7 @@ def serve(
     max_wait_ms: float = described(ServeSettings, "max_wait_ms", "--max-wait-ms"),
     max_upload_mb: float = described(ServeSettings, "max_upload_mb", "--max-upload-mb"),
     max_files: int = described(ServeSettings, "max_files", "--max-files"),
+    read_timeout_s: float = described(ServeSettings, "read_timeout_s", "--read-timeout"),
     cpu: bool = described(ServeSettings, "cpu", "--cpu/--no-cpu"),
     quiet: bool = described(ServeSettings, "quiet", "--quiet/--no-quiet", "-q"),
 ) -> None:

@@ -37,7 +37,8 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {
         "description": "One or more image files (JPEG, PNG, WebP, BMP, GIF); repeat the field per file."}}}},
     "image/*": BINARY, "application/octet-stream": BINARY}}}
 ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in (
-    (400, "Malformed request"), (413, "Request too large, or too many files"),
+    (400, "Malformed request"), (408, "The request body did not arrive within the read timeout"),
+    (413, "Request too large, or too many files"),
     (415, "Neither multipart/form-data nor an image body"),
     (422, "No file in the request is an image that can be read"), (501, "Explanations not available"))}
 
@@ -56,7 +57,7 @@ class Service:
 def create_app(detector: Detector, settings: ServeSettings) -> FastAPI:
     """The app around one loaded detector; settings give the limits and batching."""
     queue = BatchingQueue(detector.predict, settings.max_batch, settings.max_wait_ms / 1000)
-    limits = UploadLimits(int(settings.max_upload_mb * 1e6), settings.max_files)
+    limits = UploadLimits(int(settings.max_upload_mb * 1e6), settings.max_files, settings.read_timeout_s)
     service = Service(detector, queue, limits, model_info(detector, settings), read_static_files())
 
     @asynccontextmanager
