@@ -110,14 +110,15 @@ def test_the_schema_says_what_the_server_accepts(served):
 
 
 def test_explain_without_explanations_is_the_documented_501(checkpoint):
-    """?explain=true on a model without explanations (e.g. an ONNX file) answered 400 where the schema says 501."""
+    """?explain=true on a server that cannot explain (its method's package, grad-cam or captum, not installed)
+    answered 400 where the schema says 501."""
     detector = Detector.from_checkpoint(checkpoint)
-    detector.explanations_unavailable = lambda: "explanations need the PyTorch checkpoint"
+    detector.explanations_unavailable = lambda: "grad-cam is not installed"
     with serving(detector, checkpoint) as client:
         response = client.post("/v1/predict?explain=true", content=b"x", headers={"content-type": "image/png"})
         documented = client.get("/openapi.json").json()["paths"]["/v1/predict"]["post"]["responses"]
     assert response.status_code == 501 and "501" in documented
-    assert response.json() == {"error": "this server gives no explanations: explanations need the PyTorch checkpoint"}
+    assert response.json() == {"error": "this server gives no explanations: grad-cam is not installed"}
 
 
 def test_a_client_trickling_its_body_gets_408_when_the_read_timeout_passes(served):
