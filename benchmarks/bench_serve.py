@@ -1,6 +1,7 @@
 """`vitdetect serve` under load: concurrent HTTP clients against a real server process on 127.0.0.1.
 
     python benchmarks/bench_serve.py --checkpoint results/best_model.pth
+    python benchmarks/bench_serve.py --soak 600    # a 10-minute soak under mixed load instead (see _soak.py)
 
 Starts `vitdetect serve --port 0 --quiet --cpu` (its own process), then --clients concurrent clients
 (httpx, one asyncio loop) each send --requests requests of --per-request CIFAKE test images
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from _common import REAL_CIFAKE, print_ratio, timer
+from _soak import soak
 from vitdetect import Detector, Prediction
 from vitdetect.config.commands import PredictSettings, ServeSettings
 from vitdetect.data.dataset import list_split
@@ -49,6 +51,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-batch", type=int, default=ServeSettings.model_fields["max_batch"].default)
     parser.add_argument("--max-wait-ms", type=float, default=ServeSettings.model_fields["max_wait_ms"].default)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--soak", type=float, metavar="SECONDS",
+                        help="instead: a soak of this many seconds under mixed load, with a per-minute table")
+    parser.add_argument("--soak-clients", type=int, default=4, help="soak: concurrent senders of valid images")
+    parser.add_argument("--soak-think-ms", type=float, default=50.0, help="soak: pause between a client's requests")
     return parser.parse_args()
 
 
@@ -128,6 +134,8 @@ def main() -> None:
     import torch
 
     args = parse_args()
+    if args.soak:
+        sys.exit(soak(args))
     pool = image_pool(args.data_dir, args.pool)
     clients = client_requests(pool, args)
     workload = [pool[i] for requests in clients for request in requests for i in request.images]

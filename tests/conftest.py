@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import hypothesis
 import numpy as np
 import pytest
 from PIL import Image
@@ -161,3 +162,21 @@ def single_thread(monkeypatch: pytest.MonkeyPatch):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# Fuzzing with Hypothesis (tests/test_fuzz_*.py): a fixed seed and example count in CI; `pytest
+# --hypothesis-profile=long` runs the same tests with random seeds and LONG_FUZZ_FACTOR times the examples.
+LONG_FUZZ_PROFILE, LONG_FUZZ_FACTOR = "long", 25
+hypothesis.settings.register_profile(LONG_FUZZ_PROFILE, deadline=None)
+
+
+def fuzz_settings(examples: int) -> hypothesis.settings:
+    """A fuzz test's settings: derandomized (the seed comes from the test's name), `examples` examples and no
+    example database in CI; random and LONG_FUZZ_FACTOR times longer under the long profile. No deadline: a
+    shared machine's pauses are not slow code (the tests bound each call's time themselves)."""
+    long = hypothesis.settings.default is hypothesis.settings.get_profile(LONG_FUZZ_PROFILE)
+    slow = [hypothesis.HealthCheck.too_slow, hypothesis.HealthCheck.data_too_large,
+            hypothesis.HealthCheck.function_scoped_fixture]
+    return hypothesis.settings(max_examples=examples * (LONG_FUZZ_FACTOR if long else 1), derandomize=not long,
+                               database=hypothesis.settings.default.database if long else None, deadline=None,
+                               suppress_health_check=slow)

@@ -23,6 +23,7 @@ def serve(
     max_upload_mb: float = described(ServeSettings, "max_upload_mb", "--max-upload-mb"),
     max_files: int = described(ServeSettings, "max_files", "--max-files"),
     backend: Backend = described(ServeSettings, "backend", "--backend"),
+    read_timeout_s: float = described(ServeSettings, "read_timeout_s", "--read-timeout"),
     cpu: bool = described(ServeSettings, "cpu", "--cpu/--no-cpu"),
     threads: int = described(ServeSettings, "threads", "--threads"),
     quiet: bool = described(ServeSettings, "quiet", "--quiet/--no-quiet", "-q"),

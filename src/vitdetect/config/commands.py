@@ -265,6 +265,9 @@ class ServeSettings(_Settings):
                                  description="Largest request body accepted, in MB (larger: HTTP 413).")
     max_files: int = Field(64, ge=1, le=10_000, description="Most images in one request (more: HTTP 413).")
     backend: Backend = PredictSettings.model_fields["backend"]
+    read_timeout_s: float = Field(60.0, gt=0, le=3600,
+                                  description="Seconds a client has to send a whole request body (slower: HTTP 408): "
+                                  "a client uploading at a trickle cannot hold a request forever.")
     cpu: bool = PredictSettings.model_fields["cpu"]
     threads: int | None = PredictSettings.model_fields["threads"]
     quiet: bool = Field(False, description="No access log: only warnings and errors from the server.")

@@ -5,17 +5,23 @@ from __future__ import annotations
 import io
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import ExifTags, Image, ImageFile
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
 
 # Truncated files must fail, not decode half-grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-# warnings.catch_warnings swaps process-wide state: decoding threads take turns while opening.
+# warnings.catch_warnings swaps process-wide state: decoding threads take turns while opening and reading EXIF.
 _OPEN_LOCK = threading.Lock()
+# EXIF orientation -> the transposition that displays the image upright (as ImageOps.exif_transpose).
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
 
 
 class ImageDecodeError(Exception):
@@ -32,8 +38,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         array = np.asarray(image, dtype=np.float64)
         peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
         image = Image.fromarray(np.clip(array / peak * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
-    if image.mode == "P":
-        image = image.convert("RGBA")
+    if image.mode == "P" and ("transparency" in image.info or image.palette.mode == "RGBA"):
+        image = image.convert("RGBA")  # an opaque palette goes straight to RGB: same pixels, no full-size RGBA copies
     if image.mode in {"RGBA", "LA", "PA"}:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -42,16 +48,30 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def open_image(source: str | Path | bytes) -> Image.Image:
-    """Image.open (header only) with Pillow's decompression-bomb warning raised as an error."""
-    with _OPEN_LOCK, warnings.catch_warnings():
+    """Image.open (header only) with Pillow's decompression-bomb warning raised as an error, and its other warnings
+    silenced: a file opens or fails with one error, never with extra lines of Pillow's."""
+    with _pillow_quiet():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         return Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
 
 
+@contextmanager
+def _pillow_quiet() -> Iterator[None]:
+    """Pillow's warnings silenced, for the steps that parse headers and metadata (open, seek, EXIF): it warns about
+    each damaged tag it skips ("Corrupt EXIF data", two lines on stderr per file), while the image itself decodes
+    or fails with one ImageDecodeError. Under the lock: warning filters are process-wide."""
+    with _OPEN_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
 def _first_frame_rgb(image: Image.Image) -> Image.Image:
-    image.seek(0)
+    with _pillow_quiet():
+        image.seek(0)  # a TIFF re-reads its tags
     image.load()
-    return _to_rgb(ImageOps.exif_transpose(image) or image)
+    with _pillow_quiet():  # after load: a PNG's eXIf chunk may follow its pixels
+        upright = _UPRIGHT.get(image.getexif().get(ExifTags.Base.Orientation, 1))
+    return _to_rgb(image.transpose(upright) if upright is not None else image)
 
 
 def decode_rgb(source: str | Path | bytes | Image.Image, size: int | None = None) -> np.ndarray:

@@ -7,6 +7,7 @@ so the CPU only has to gather uint8 batches. Train, validation, evaluate and pre
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -32,12 +33,19 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, data: dict) -> Preprocessing:
-        return cls(
+        """From a checkpoint's or an ONNX file's stored values; ValueError (or TypeError, KeyError) when they are
+        not positive sizes and three finite means and positive stds: a damaged file must not load as a model
+        that divides by zero or resizes to nothing."""
+        prep = cls(
             image_size=int(data["image_size"]),
             storage_size=int(data["storage_size"]),
             mean=tuple(float(v) for v in data["mean"]),
             std=tuple(float(v) for v in data["std"]),
         )
+        if min(prep.image_size, prep.storage_size) < 1 or len(prep.mean) != 3 or len(prep.std) != 3 or \
+                not all(math.isfinite(v) for v in prep.mean + prep.std) or min(prep.std) <= 0:
+            raise ValueError(f"invalid preprocessing {prep}")
+        return prep
 
 
 def build_augmentation(

@@ -22,7 +22,7 @@ import torch
 from vitdetect.config.labels import POSITIVE_CLASS
 from vitdetect.data.transforms import Preprocessing, to_model_input
 from vitdetect.errors import UsageError, VitdetectError
-from vitdetect.inference.scoring import fake_probability
+from vitdetect.inference.scoring import fake_probability, stored_temperature, stored_threshold
 
 INSTALL_HINT = "pip install 'vitdetect[onnx]'"
 INPUT_NAME = "pixel_values"
@@ -109,7 +109,9 @@ class OnnxModel:
                             str(exc).splitlines()[0] if str(exc) else type(exc).__name__).strip()[:200]
             raise VitdetectError(f"cannot load ONNX model {name}: {detail}") from None
         metadata = session.get_modelmeta().custom_metadata_map
-        return cls(session, *_read_metadata(metadata, name), metadata)
+        prep, *rest = _read_metadata(metadata, name)
+        _check_graph(session, prep, name)
+        return cls(session, prep, *rest, metadata)
 
     def logits(self, pixel_values: np.ndarray) -> np.ndarray:
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(pixel_values, np.float32)})[0]
@@ -166,6 +168,26 @@ def _read_metadata(metadata: dict[str, str], name: str) -> tuple[Preprocessing, 
         prep = Preprocessing.from_dict({key: json.loads(metadata[key]) for key in
                                         ("image_size", "storage_size", "mean", "std")})
         labels = {name: int(index) for index, name in json.loads(metadata["id2label"]).items()}
-        return prep, float(metadata["threshold"]), float(metadata["temperature"]), labels[POSITIVE_CLASS]
-    except (ValueError, TypeError, KeyError) as exc:
+        threshold, temperature = float(metadata["threshold"]), float(metadata["temperature"])
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise VitdetectError(f"{name} has damaged vitdetect metadata ({exc!r})") from None
+    if labels.get(POSITIVE_CLASS) not in (0, 1):
+        raise VitdetectError(f"{name} has damaged vitdetect metadata (id2label has no {POSITIVE_CLASS} at 0 or 1)")
+    return (prep, stored_threshold(threshold, name), stored_temperature({"temperature": temperature}, name),
+            labels[POSITIVE_CLASS])
+
+
+def _check_graph(session, prep: Preprocessing, name: str) -> None:
+    """The graph must take what the metadata says the preprocessing makes and give two logits: else the first
+    batch would fail deep inside ONNX Runtime, or a changed graph would be fed the wrong input."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    want = [None, 3, prep.image_size, prep.image_size]  # None: any batch size
+    shape = list(inputs[0].shape) if len(inputs) == 1 else []
+    fits = (len(inputs) == 1 and inputs[0].name == INPUT_NAME and inputs[0].type == "tensor(float)"
+            and len(shape) == 4 and all(w is None or d == w for d, w in zip(shape, want, strict=True))
+            and [output.name for output in outputs][:1] == [OUTPUT_NAME] and list(outputs[0].shape)[-1:] == [2])
+    if not fits:
+        found = ", ".join(f"{node.name} {node.type} {list(node.shape)}" for node in inputs)
+        raise VitdetectError(f"{name} does not fit its vitdetect metadata: its graph takes {found or 'nothing'}, "
+                             f"expected {INPUT_NAME} tensor(float) [batch, 3, {prep.image_size}, "
+                             f"{prep.image_size}] and an output {OUTPUT_NAME} with 2 logits")

@@ -43,10 +43,22 @@ class TrainedModel:
     def load(cls, path: Path) -> TrainedModel:
         payload = load_checkpoint(path)
         model = model_from_config(payload["model_config"], payload["state_dict"], source=path)
-        prep = Preprocessing.from_dict(payload["preprocessing"])
-        stored = payload.get("threshold")
-        threshold = DEFAULT_THRESHOLD if stored is None else float(stored)
+        try:
+            prep = Preprocessing.from_dict(payload["preprocessing"])
+        except (ValueError, TypeError, KeyError) as exc:
+            raise VitdetectError(f"checkpoint {path} has damaged preprocessing values ({exc})") from None
+        threshold = stored_threshold(payload.get("threshold"), path)
         return cls(model, prep, threshold, payload, stored_temperature(payload, path))
+
+
+def stored_threshold(stored: object, source: Path | str) -> float:
+    """The decision threshold a checkpoint or ONNX file stores; DEFAULT_THRESHOLD when it has none. A value that
+    is not a number in [0, 1] is refused: NaN would call every image REAL, 7 every image REAL, -1 every one FAKE."""
+    if stored is None:
+        return DEFAULT_THRESHOLD
+    if isinstance(stored, bool) or not isinstance(stored, int | float) or not 0.0 <= stored <= 1.0:
+        raise VitdetectError(f"{source} has an invalid threshold {stored!r} (must be a number in [0, 1])")
+    return float(stored)
 
 
 def stored_temperature(payload: dict[str, Any], source: Path | str) -> float:

@@ -80,7 +80,7 @@ def _mean_std(spec: str, local_only: bool) -> tuple[tuple[float, ...], tuple[flo
     from transformers import AutoImageProcessor
 
     try:
-        processor = AutoImageProcessor.from_pretrained(spec, local_files_only=local_only)
+        processor = AutoImageProcessor.from_pretrained(spec, local_files_only=local_only, trust_remote_code=False)
         return tuple(processor.image_mean), tuple(processor.image_std)
     except Exception:  # noqa: BLE001 - no preprocessor_config.json: ViT's default
         return DEFAULT_MEAN_STD
@@ -128,6 +128,10 @@ def model_from_config(
     """Rebuild a model from a checkpoint's config and weights, with no download; source names it in errors."""
     from transformers import CONFIG_MAPPING, AutoModelForImageClassification
 
+    where = f" in {source}" if source else ""
+    if isinstance(config_dict, dict) and ("auto_map" in config_dict or config_dict.get("trust_remote_code")):
+        raise VitdetectError(f"refusing the model config{where}: it names remote code (auto_map), and vitdetect "
+                             "only builds models from transformers' own classes")
     try:
         config = CONFIG_MAPPING[config_dict.get("model_type", "vit")].from_dict(config_dict)
         model = AutoModelForImageClassification.from_config(config)
@@ -136,7 +140,6 @@ def model_from_config(
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
         detail = lines[1] if len(lines) > 1 else lines[0]  # torch puts the first mismatch on line 2
         detail = detail if len(detail) <= 160 else detail[:157] + "..."
-        where = f" in {source}" if source else ""
         raise VitdetectError(f"checkpoint weights{where} do not fit its model: {detail}") from None
     return model.eval()
 

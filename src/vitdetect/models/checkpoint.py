@@ -13,6 +13,7 @@ import pickle
 import random
 import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,10 @@ FORMAT_VERSION = 1
 # What a checkpoint must hold to rebuild its model, and what `train --resume` needs on top.
 MODEL_KEYS = frozenset({"model_config", "state_dict", "preprocessing"})
 RESUME_KEYS = MODEL_KEYS | {"settings", "optimizer", "scheduler", "rng", "train_state", "history"}
+# The type of each value a checkpoint may hold (None allowed): anything else is damage, refused in one line here
+# rather than failing later as a traceback in whichever command reads it.
+PAYLOAD_TYPES = {"settings": dict, "preprocessing": dict, "model_config": dict, "id2label": dict, "state_dict": dict,
+                 "metrics": dict, "epoch": int}
 
 
 def model_name(payload: dict[str, Any]) -> str:
@@ -93,6 +98,7 @@ def load_checkpoint(path: Path, kind: str | None = None) -> dict[str, Any]:
         raise VitdetectError(f"checkpoint not found: {path} (train one with `vitdetect train`)")
     if path.is_dir():
         raise VitdetectError(f"checkpoint path is a directory, not a file: {path}")
+    check_zip_checksums(path)
     try:
         with warnings.catch_warnings():  # torch warns about odd pickles; the error below says it all
             warnings.simplefilter("ignore")
@@ -116,7 +122,30 @@ def load_checkpoint(path: Path, kind: str | None = None) -> dict[str, Any]:
     missing = (RESUME_KEYS if payload.get("kind") == "last" else MODEL_KEYS) - payload.keys()
     if missing:
         raise VitdetectError(f"checkpoint {path} is incomplete: no {', '.join(sorted(missing))}")
+    check_payload_types(payload, path)
     return payload
+
+
+def check_payload_types(payload: dict[str, Any], path: Path) -> None:
+    wrong = [f"{key} is a {type(payload[key]).__name__}" for key, kind in PAYLOAD_TYPES.items()
+             if payload.get(key) is not None and (not isinstance(payload[key], kind) or isinstance(payload[key], bool))]
+    if wrong:
+        raise VitdetectError(f"checkpoint {path} is damaged: {', '.join(wrong)}")
+
+
+def check_zip_checksums(path: Path) -> None:
+    """torch.load does not check the CRC-32 its zip stores for every record: flipped bytes in the weights would
+    load silently as other weights. A file that is not a zip is left to torch.load to refuse."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+    except zipfile.BadZipFile:
+        return
+    except Exception:  # noqa: BLE001 - a zip damaged past reading: zlib.error, EOFError, ...
+        damaged = "its records"
+    if damaged is not None:
+        raise VitdetectError(f"cannot read checkpoint {path}: the file is damaged (checksum mismatch in "
+                             f"{Path(damaged).name})")
 
 
 def rng_state() -> dict[str, Any]:

@@ -35,14 +35,15 @@ log = logging.getLogger("vitdetect.serve")
 STATIC_FILES = {"index.html": "text/html", "app.js": "text/javascript", "style.css": "text/css"}
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; base-uri 'none'",
                 "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
-BINARY = {"schema": {"type": "string", "format": "binary"}}
+BINARY = {"schema": {"type": "string", "format": "binary", "minLength": 1}}
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {"files": {
-        "type": "array", "items": {"type": "string", "format": "binary"},
+        "type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1,
         "description": "One or more image files (JPEG, PNG, WebP, BMP, GIF); repeat the field per file."}}}},
     "image/*": BINARY, "application/octet-stream": BINARY}}}
 ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in (
-    (400, "Malformed request"), (413, "Request too large, or too many files"),
+    (400, "Malformed request"), (408, "The request body did not arrive within the read timeout"),
+    (413, "Request too large, or too many files"),
     (415, "Neither multipart/form-data nor an image body"),
     (422, "No file in the request is an image that can be read"), (501, "Explanations not available"))}
 MIN_CONFIDENCE_HELP = ("Answer UNSURE for an image whose calibrated probability of the predicted label is below "
@@ -66,7 +67,7 @@ class Service:
 def create_app(detector: Detector, settings: ServeSettings) -> FastAPI:
     """The app around one loaded detector; settings give the limits and batching."""
     queue = BatchingQueue(functools.partial(judge_batch, detector), settings.max_batch, settings.max_wait_ms / 1000)
-    limits = UploadLimits(int(settings.max_upload_mb * 1e6), settings.max_files)
+    limits = UploadLimits(int(settings.max_upload_mb * 1e6), settings.max_files, settings.read_timeout_s)
     service = Service(detector, queue, limits, model_info(detector, settings), read_static_files())
 
     @asynccontextmanager
@@ -123,7 +124,7 @@ def add_routes(app: FastAPI) -> None:
             check_stability: bool = Query(False, description=CHECK_STABILITY_HELP)):
         service: Service = request.app.state.service
         if explain and (reason := service.detector.explanations_unavailable()):
-            raise ApiError(400, f"this server gives no explanations: {reason}")
+            raise ApiError(501, f"this server gives no explanations: {reason}")
         uploads = await read_uploads(request, service.limits)
         unsure = UnsureRule(min_confidence, check_stability)
         predictions = await service.queue.submit([(upload.data, unsure) for upload in uploads])

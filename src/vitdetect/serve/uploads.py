@@ -8,6 +8,7 @@ client sends may reach the disk. Nothing here looks at the request path.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -33,6 +34,7 @@ class ApiError(Exception):
 class UploadLimits:
     max_bytes: int
     max_files: int
+    read_timeout_s: float  # the whole body must arrive within this time
 
     @property
     def size_text(self) -> str:
@@ -46,7 +48,16 @@ class Upload:
 
 
 async def read_uploads(request, limits: UploadLimits) -> list[Upload]:
-    """The images of a multipart (field `files`, repeatable) or raw image request, in order."""
+    """The images of a multipart (field `files`, repeatable) or raw image request, in order, read within
+    limits.read_timeout_s: uvicorn has no such timeout, and a client trickling its body would hold the request
+    (and its memory) for as long as it liked."""
+    try:
+        return await asyncio.wait_for(_read_uploads(request, limits), limits.read_timeout_s)
+    except asyncio.TimeoutError:
+        raise ApiError(408, f"request body not received within {limits.read_timeout_s:g} s") from None
+
+
+async def _read_uploads(request, limits: UploadLimits) -> list[Upload]:
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limits.max_bytes):
         raise _too_large(limits) if declared.isdigit() else ApiError(400, "invalid Content-Length header")
