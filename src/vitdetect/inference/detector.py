@@ -106,7 +106,9 @@ class Detector:
         accelerator: an Accelerate `Accelerator` (device, processes); None: one for this machine.
         reporter: where progress goes; None: silent.
         chunk_size: images decoded and held in memory at once.
-        min_confidence, check_stability: when a verdict is UNSURE (see `UnsureRule`); by default never.
+        min_confidence: UNSURE when the probability of the predicted label is below it (see `UnsureRule`); by
+            default never.
+        check_stability: UNSURE when a mild everyday edit changes the verdict (see `UnsureRule`).
 
     Examples:
         >>> from vitdetect import Detector
