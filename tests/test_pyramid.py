@@ -138,5 +138,5 @@ def test_a_server_without_grad_cam_says_it_has_no_explanations(trained_run, with
         assert client.get("/v1/model").json()["explanations"] is False
         explained = client.post("/v1/predict?explain=true", files=multipart(images))
         plain = client.post("/v1/predict", files=multipart(images))
-    assert explained.status_code == 400 and "vitdetect[explain]" in explained.json()["error"]
+    assert explained.status_code == 501 and "vitdetect[explain]" in explained.json()["error"]  # documented: 501
     assert plain.status_code == 200
