@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vitdetect.config.commands import Backend
 from vitdetect.config.labels import ID2LABEL, UNSURE
 from vitdetect.config.run_files import BEST_NAME, DEFAULT_RUN_DIR
 from vitdetect.data.dataset import decode_images
@@ -165,10 +164,10 @@ class Detector:
         return cls(OnnxModel.load(path, cpu=cpu, threads=threads), **options)
 
     @classmethod
-    def load(cls, checkpoint: str | Path, backend: str = Backend.torch, cpu: bool = False, **options) -> Detector:
+    def load(cls, checkpoint: str | Path, backend: str = "torch", cpu: bool = False, **options) -> Detector:
         """A checkpoint with PyTorch, or an exported file with ONNX Runtime (backend "onnx"): what predict and serve
         open. An .onnx file given to the torch backend is refused with the flag that runs it."""
-        if backend == Backend.onnx:
+        if backend == "onnx":
             return cls.from_onnx(checkpoint, cpu=cpu, **options)
         if Path(checkpoint).suffix.lower() == ".onnx":
             raise UsageError(f"{checkpoint} is an ONNX file: add --backend onnx to run it with ONNX Runtime")
