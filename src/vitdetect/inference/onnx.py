@@ -13,6 +13,7 @@ import importlib.util
 import json
 import re
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +88,10 @@ class OnnxModel:
     temperature: float  # already folded into the logits; kept to report it
     fake_index: int
     metadata: dict[str, str]
+    # On the CPU, `threads` sessions of one intra-op thread each, every batch split between them: for a model this
+    # small, one session's intra-op threads barely help (benchmarks/bench_inference.py: int8 ran slower at 2 threads
+    # than at 1), while ORT releases the GIL, so sessions side by side scale with the cores.
+    replicas: tuple = ()
 
     @classmethod
     def load(cls, source: str | Path | bytes, cpu: bool = False, threads: int | None = None) -> OnnxModel:
@@ -100,10 +105,12 @@ class OnnxModel:
         name = "the exported model" if isinstance(source, bytes) else str(source)
         if not isinstance(source, bytes) and not Path(source).is_file():
             raise UsageError(f"ONNX file not found: {source} (write one with `vitdetect export --format onnx`)")
-        options = session_options(ort, threads)
+        providers = _providers(ort, cpu)
+        sessions = (threads or torch.get_num_threads()) if providers == ["CPUExecutionProvider"] else 1
+        options = session_options(ort, 1 if sessions > 1 else threads)
         try:
-            session = ort.InferenceSession(source if isinstance(source, bytes) else str(source), options,
-                                           providers=_providers(ort, cpu))
+            session, *replicas = [ort.InferenceSession(source if isinstance(source, bytes) else str(source), options,
+                                                       providers=providers) for _ in range(sessions)]
         except Exception as exc:  # noqa: BLE001 - ORT raises its own types for damaged or foreign files
             detail = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (Load model from .* failed:)?", "",
                             str(exc).splitlines()[0] if str(exc) else type(exc).__name__).strip()[:200]
@@ -111,10 +118,15 @@ class OnnxModel:
         metadata = session.get_modelmeta().custom_metadata_map
         prep, *rest = _read_metadata(metadata, name)
         _check_graph(session, prep, name)
-        return cls(session, prep, *rest, metadata)
+        return cls(session, prep, *rest, metadata, tuple(replicas))
 
     def logits(self, pixel_values: np.ndarray) -> np.ndarray:
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(pixel_values, np.float32)})[0]
+        pixels = np.ascontiguousarray(pixel_values, np.float32)
+        sessions = (self.session, *self.replicas)
+        if len(sessions) == 1 or len(pixels) < 2 * len(sessions):
+            return _run(self.session, pixels)
+        with ThreadPoolExecutor(len(sessions), thread_name_prefix="vitdetect-ort") as pool:
+            return np.concatenate(list(pool.map(_run, sessions, np.array_split(pixels, len(sessions)))))
 
     def fake_probabilities(self, images: torch.Tensor, batch_size: int) -> np.ndarray:
         """P(FAKE) for each Nx3xSxS uint8 image, in input order (as `inference.fake_probabilities`)."""
@@ -127,6 +139,10 @@ class OnnxModel:
     def probabilities_of(self, pixels: np.ndarray) -> np.ndarray:
         """P(FAKE) for a batch already preprocessed (float32 model input)."""
         return fake_probability(self.logits(pixels), 1.0, self.fake_index)
+
+
+def _run(session, pixels: np.ndarray) -> np.ndarray:
+    return session.run([OUTPUT_NAME], {INPUT_NAME: pixels})[0]
 
 
 def session_options(ort, threads: int | None = None, level: str = "ORT_ENABLE_ALL"):
