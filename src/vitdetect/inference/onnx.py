@@ -92,6 +92,7 @@ class OnnxModel:
     # small, one session's intra-op threads barely help (benchmarks/bench_inference.py: int8 ran slower at 2 threads
     # than at 1), while ORT releases the GIL, so sessions side by side scale with the cores.
     replicas: tuple = ()
+    pool: ThreadPoolExecutor | None = None  # runs the sessions side by side; made once, not per batch
 
     @classmethod
     def load(cls, source: str | Path | bytes, cpu: bool = False, threads: int | None = None) -> OnnxModel:
@@ -118,15 +119,15 @@ class OnnxModel:
         metadata = session.get_modelmeta().custom_metadata_map
         prep, *rest = _read_metadata(metadata, name)
         _check_graph(session, prep, name)
-        return cls(session, prep, *rest, metadata, tuple(replicas))
+        pool = ThreadPoolExecutor(sessions, thread_name_prefix="vitdetect-ort") if replicas else None
+        return cls(session, prep, *rest, metadata, tuple(replicas), pool)
 
     def logits(self, pixel_values: np.ndarray) -> np.ndarray:
         pixels = np.ascontiguousarray(pixel_values, np.float32)
         sessions = (self.session, *self.replicas)
-        if len(sessions) == 1 or len(pixels) < 2 * len(sessions):
+        if self.pool is None or len(pixels) < 2 * len(sessions):
             return _run(self.session, pixels)
-        with ThreadPoolExecutor(len(sessions), thread_name_prefix="vitdetect-ort") as pool:
-            return np.concatenate(list(pool.map(_run, sessions, np.array_split(pixels, len(sessions)))))
+        return np.concatenate(list(self.pool.map(_run, sessions, np.array_split(pixels, len(sessions)))))
 
     def fake_probabilities(self, images: torch.Tensor, batch_size: int) -> np.ndarray:
         """P(FAKE) for each Nx3xSxS uint8 image, in input order (as `inference.fake_probabilities`)."""

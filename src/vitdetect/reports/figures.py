@@ -13,7 +13,6 @@ from vitdetect.config.run_files import FIGURE_FORMATS
 from vitdetect.errors import VitdetectError
 from vitdetect.utils.atomic import atomic_write
 
-FORMATS = FIGURE_FORMATS
 DPI = 150
 # seaborn's colour-blind palette: blue, vermillion, green, pink; dark grey for reference lines.
 CLASS_COLOURS = dict(zip(CLASS_NAMES, ("#0173b2", "#d55e00"), strict=True))
@@ -43,8 +42,8 @@ def style() -> Iterator[None]:
 
 def save(path: Path, fmt: str, draw: Callable) -> Path:
     """Draw on a fresh Figure and write it atomically as path."""
-    if fmt not in FORMATS:
-        raise VitdetectError(f"unknown figure format '{fmt}' (choose from {', '.join(FORMATS)})")
+    if fmt not in FIGURE_FORMATS:
+        raise VitdetectError(f"unknown figure format '{fmt}' (choose from {', '.join(FIGURE_FORMATS)})")
     from matplotlib.figure import Figure
 
     with style():
